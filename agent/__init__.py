@@ -1,0 +1,1 @@
+"""dpagent: moves large address blocks between Linux nodes on failover."""

@@ -1,0 +1,1 @@
+"""Sans-I/O protocol, election and configuration logic: bytes and time in, decisions out."""

@@ -1,0 +1,1 @@
+"""One adapter per kernel facility; none of them knows about the election."""

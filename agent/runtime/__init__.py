@@ -1,0 +1,1 @@
+"""The uvloop daemon: the only place that schedules I/O."""
