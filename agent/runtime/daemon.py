@@ -1,0 +1,377 @@
+"""The daemon: feeds the election core, carries out its decisions, never blocks on them.
+
+The core runs on the event loop and owns exactly one `loop.call_at` timer (the
+aioquic pattern). Everything that can take time runs elsewhere: netlink changes in
+one worker thread, announcements in another, both awaited by a single transition
+worker so that a takeover and a release never interleave. Adverts therefore leave
+on time while a /16 is being taken and announced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from agent.core.actions import ReleaseBlocks, SendFrame, StateChanged, TakeBlocks
+from agent.core.config import Block, Config, ConfigInvalid, format_errors, load_config, load_keys
+from agent.core.election import ElectionConfig, Node
+from agent.core.events import AdminCommand, AdminVerb, LinkChanged, LinkRole, LoopStalled, Shutdown
+from agent.core.states import State
+from agent.core.wire import KeyRing
+from agent.dataplane.addresses import AddressPlane
+from agent.runtime import metrics
+from agent.runtime.announce import Announcer
+from agent.runtime.control import ControlError, ControlServer
+from agent.runtime.heartbeat import HeartbeatPort
+from agent.runtime.linkmon import LinkMonitor, read_links
+from agent.runtime.notify import Notifier
+from agent.runtime.transitions import History, StepTimer, Transition
+
+log = logging.getLogger("dpagent")
+
+# How long a graceful stop waits for the release to finish before exiting anyway.
+STOP_TIMEOUT = 10.0
+
+
+def election_config(config: Config) -> ElectionConfig:
+    node = config.node
+    return ElectionConfig(
+        node_id=node.id,
+        priority=node.priority,
+        preempt=node.preempt,
+        preempt_delay=node.preempt_delay,
+        advert_interval=node.advert_interval,
+        dead_multiplier=node.dead_multiplier,
+    )
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One unit of transition work, run in order by the transition worker."""
+
+    take: bool
+    blocks: tuple[Block, ...]
+    transition: Transition
+
+
+class Daemon:
+    def __init__(self, config: Config, keys: KeyRing) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.node = Node(election_config(config), keys, epoch=time.time_ns())
+        self.ports = {link.interface: HeartbeatPort(link, self.loop, self._on_datagram) for link in config.heartbeat}
+        self.netlink_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+        self.addresses: AddressPlane | None = None
+        self.announcer = Announcer(self.loop)
+        self.history = History()
+        self.notifier = Notifier()
+        self.control = ControlServer(
+            str(config.control_socket),
+            {
+                "status": lambda _args: self.status(),
+                "metrics": lambda _args: {"text": metrics.render(self.status())},
+                "failover": self._cmd_failover,
+                "maintenance": self._cmd_maintenance,
+                "reload": lambda _args: self._cmd_reload(),
+            },
+        )
+        self.monitor: LinkMonitor | None = None
+        self.held: dict[str, bool] = {b.name: False for b in config.blocks}
+        self.block_results: dict[str, dict] = {}
+        self.leftovers: dict = {}
+        self.reloads = {"ok": 0, "failed": 0}
+        self.max_lag = 0.0
+        self.stalls = 0
+        self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        self._transition: Transition | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due: float | None = None
+        self._stopping = asyncio.Event()
+
+    # --- core plumbing -------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Carry out what the core decided, then re-arm its one timer."""
+        for action in self.node.actions():
+            if isinstance(action, SendFrame):
+                for port in self.ports.values():
+                    port.send(action.data)
+            elif isinstance(action, StateChanged):
+                self._on_state_changed(action)
+            elif isinstance(action, TakeBlocks):
+                self._enqueue(take=True, blocks=self.config.blocks)
+            elif isinstance(action, ReleaseBlocks):
+                # Stop announcing before anything else: we no longer own the addresses.
+                self.announcer.stop_all()
+                self._enqueue(take=False, blocks=self.config.blocks)
+        self._arm_timer()
+
+    def _on_state_changed(self, change: StateChanged) -> None:
+        self._transition = self.history.begin(change.old.name, change.new.name, change.reason)
+        log.warning("state %s -> %s: %s", change.old.name, change.new.name, change.reason)
+        self.notifier.status(f"{change.new.name}: {change.reason}")
+
+    def _enqueue(self, *, take: bool, blocks: tuple[Block, ...]) -> None:
+        transition = self._transition or self.history.begin(
+            self.node.state.name, self.node.state.name, "reload"
+        )
+        self._jobs.put_nowait(_Job(take, tuple(blocks), transition))
+
+    def _arm_timer(self) -> None:
+        due = self.node.get_timer()
+        if due == self._timer_due:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_due = due
+        if due is not None:
+            self._timer = self.loop.call_at(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        now = self.loop.time()
+        lag = now - (self._timer_due or now)
+        self._timer, self._timer_due = None, None
+        self.max_lag = max(self.max_lag, lag)
+        # A timer late by more than one advert interval means the loop itself stalled.
+        if lag > self.config.node.advert_interval:
+            self.stalls += 1
+            log.warning("event loop stalled %.3f s", lag)
+            self.node.receive(LoopStalled(lag), now)
+        self.node.handle_timer(now)
+        self._process()
+
+    def _on_datagram(self, data: bytes, link: str) -> None:
+        self.node.receive_datagram(data, link, self.loop.time())
+        self._process()
+
+    def _on_link(self, name: str, up: bool, reason: str) -> None:
+        roles = []
+        if name in self.ports:
+            roles.append(LinkRole.HEARTBEAT)
+            port = self.ports[name]
+            # A re-created interface has a new index: the old socket is bound to nothing.
+            port.close()
+            if up:
+                port.open()
+        if any(b.interface == name for b in self.config.blocks):
+            roles.append(LinkRole.BLOCK)
+        log.warning("link %s %s (%s)", name, "up" if up else "down", reason)
+        now = self.loop.time()
+        for role in roles:
+            self.node.receive(LinkChanged(name, role, up, reason), now)
+        self._process()
+
+    # --- transition work -----------------------------------------------------------
+
+    async def _run_netlink(self, func, *args):
+        return await self.loop.run_in_executor(self.netlink_pool, func, *args)
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self._jobs.get()
+            try:
+                if job.take:
+                    await self._take(job)
+                else:
+                    await self._release(job)
+            except Exception:
+                log.exception("transition step failed")
+            finally:
+                self._jobs.task_done()
+
+    async def _take(self, job: _Job) -> None:
+        for block in job.blocks:
+            # The node may have left MASTER while earlier work ran: then skip the rest.
+            if self.node.state is not State.MASTER:
+                return
+            with StepTimer(job.transition, f"take:{block.name}") as step:
+                result = await self._run_netlink(self.addresses.take, block)
+                step.detail = result.as_dict()
+                step.ok = not result.errors and result.problem is None
+                self.block_results[block.name] = result.as_dict()
+            self.held[block.name] = True
+        for block in job.blocks:
+            if self.node.state is not State.MASTER:
+                return
+            with StepTimer(job.transition, f"announce:{block.name}") as step:
+                result = await self.announcer.first_round(block)
+                step.detail = {
+                    "frames_sent": result.frames_sent,
+                    "errors": dict(result.errors),
+                    "error": result.error,
+                    "cancelled": result.cancelled,
+                }
+                step.ok = result.error is None and not result.errors
+
+    async def _release(self, job: _Job) -> None:
+        for block in job.blocks:
+            self.announcer.stop(block.name)
+            if not self.held.get(block.name):
+                continue
+            with StepTimer(job.transition, f"release:{block.name}") as step:
+                result = await self._run_netlink(self.addresses.release, block)
+                step.detail = result.as_dict()
+                step.ok = not result.errors
+            self.held[block.name] = False
+
+    # --- control verbs ---------------------------------------------------------------
+
+    def _admin(self, verb: AdminVerb) -> None:
+        self.node.receive(AdminCommand(verb), self.loop.time())
+        self._process()
+
+    def _cmd_failover(self, _args: dict) -> dict:
+        if self.node.state is not State.MASTER:
+            raise ControlError(f"not master (state {self.node.state.name}); nothing to hand over")
+        self._admin(AdminVerb.FAILOVER)
+        return {"message": "resigned; the best backup takes over"}
+
+    def _cmd_maintenance(self, args: dict) -> dict:
+        mode = args.get("mode")
+        if mode not in ("on", "off"):
+            raise ControlError("args.mode must be 'on' or 'off'")
+        self._admin(AdminVerb.MAINTENANCE_ON if mode == "on" else AdminVerb.MAINTENANCE_OFF)
+        return {"message": f"maintenance {mode}; state {self.node.state.name}"}
+
+    def _cmd_reload(self) -> dict:
+        problem = self.reload()
+        if problem:
+            raise ControlError(problem)
+        return {"message": "configuration reloaded"}
+
+    def reload(self) -> str | None:
+        """Re-read the configuration; apply keys and blocks, refuse what needs a restart."""
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config.path)
+            keys = KeyRing(load_keys(new.key_file))
+        except ConfigInvalid as exc:
+            self.reloads["failed"] += 1
+            message = format_errors(self.config.path, exc.errors)
+            log.error("reload refused, keeping the running configuration:\n%s", message)
+            self.notifier.ready("reload refused: configuration invalid")
+            return message
+        fixed = ("node", "heartbeat", "control_socket")
+        changed = [name for name in fixed if getattr(new, name) != getattr(self.config, name)]
+        if changed:
+            self.reloads["failed"] += 1
+            message = f"reload refused: {', '.join(changed)} changed; these need a restart"
+            log.error(message)
+            self.notifier.ready(message)
+            return message
+        self.node.set_keys(keys)
+        old_blocks = {b.name: b for b in self.config.blocks}
+        new_blocks = {b.name: b for b in new.blocks}
+        gone = tuple(b for name, b in old_blocks.items() if new_blocks.get(name) != b)
+        added = tuple(b for name, b in new_blocks.items() if old_blocks.get(name) != b)
+        self.config = new
+        for block in gone:
+            self.announcer.forget(block.name)
+        if gone:
+            self._enqueue(take=False, blocks=gone)
+        for block in added:
+            self.held.setdefault(block.name, False)
+        if added and self.node.state is State.MASTER:
+            self._enqueue(take=True, blocks=added)
+        for name in old_blocks.keys() - new_blocks.keys():
+            self.held.pop(name, None)
+        self.reloads["ok"] += 1
+        log.warning("configuration reloaded: %d block(s) changed", len(gone) + len(added))
+        self.notifier.ready(f"{self.node.state.name}: reloaded")
+        return None
+
+    # --- status ----------------------------------------------------------------------
+
+    def status(self) -> dict:
+        now = self.loop.time()
+        return {
+            "node": self.node.snapshot(now),
+            "links": [
+                {"name": name, "up": port.is_open, "send_errors": port.send_errors, "last_error": port.last_error}
+                for name, port in self.ports.items()
+            ],
+            "blocks": [
+                {
+                    "name": b.name,
+                    "interface": b.interface,
+                    "addresses": b.address_count,
+                    "prefixes": [str(p) for p in b.prefixes],
+                    "held": self.held.get(b.name, False),
+                    "last_change": self.block_results.get(b.name),
+                }
+                for b in self.config.blocks
+            ],
+            "announce": self.announcer.status(),
+            "transitions": self.history.as_list(),
+            "leftovers_removed": self.leftovers,
+            "control_errors": dict(self.control.errors),
+            "loop": {"max_lag_s": round(self.max_lag, 6), "stalls": self.stalls},
+            "reloads": dict(self.reloads),
+        }
+
+    # --- life cycle --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.addresses = await self._run_netlink(AddressPlane)
+        cleanup = await self._run_netlink(self.addresses.remove_leftovers)
+        self.leftovers = cleanup.as_dict()
+        if cleanup.applied:
+            log.warning("removed %d leftover routes/addresses of an earlier run", cleanup.applied)
+        watched = set(self.ports) | {b.interface for b in self.config.blocks}
+        initial = await self._run_netlink(read_links, watched)
+        self.monitor = LinkMonitor(self.loop, watched, self._on_link)
+        self.monitor.start(initial)
+        now = self.loop.time()
+        for name, (up, reason) in sorted(initial.items()):
+            if name in self.ports:
+                if up:
+                    self.ports[name].open()
+                self.node.receive(LinkChanged(name, LinkRole.HEARTBEAT, up, reason), now)
+            if any(b.interface == name for b in self.config.blocks):
+                self.node.receive(LinkChanged(name, LinkRole.BLOCK, up, reason), now)
+        await self.control.start()
+        worker = self.loop.create_task(self._worker())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self._stopping.set)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.node.start(self.loop.time())
+        self._process()
+        self.notifier.ready(f"{self.node.state.name}: started")
+        watchdog = self.loop.create_task(self._watchdog())
+        log.warning("dpagent node %d started (%d block(s))", self.config.node.id, len(self.config.blocks))
+        await self._stopping.wait()
+        await self._shutdown(worker, watchdog)
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _shutdown(self, worker: asyncio.Task, watchdog: asyncio.Task) -> None:
+        self.notifier.stopping()
+        self.node.receive(Shutdown(), self.loop.time())
+        self._process()
+        try:
+            await asyncio.wait_for(self._jobs.join(), STOP_TIMEOUT)
+        except asyncio.TimeoutError:
+            log.error("release did not finish within %.0f s", STOP_TIMEOUT)
+        for task in (worker, watchdog):
+            task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        self.announcer.close()
+        self.monitor.close()
+        for port in self.ports.values():
+            port.close()
+        await self.control.close()
+        await self._run_netlink(self.addresses.close)
+        self.netlink_pool.shutdown(wait=True)
+        log.warning("dpagent stopped")

@@ -1,0 +1,95 @@
+"""Watches the interfaces the node depends on, through rtnetlink link events.
+
+A link counts as up when it is administratively up and has carrier (IFF_LOWER_UP):
+a veth whose peer went down, or a NIC with its cable pulled, is down for us. The
+socket is read on the event loop; pyroute2 decodes the messages. If the kernel
+drops events (ENOBUFS) the monitor re-reads every link, since a lost event can
+hide a transition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable, Iterable
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+RTMGRP_LINK = 0x1
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000
+
+# (name, up, reason)
+LinkCallback = Callable[[str, bool, str], None]
+
+
+def _describe(flags: int) -> tuple[bool, str]:
+    if not flags & IFF_UP:
+        return False, "administratively down"
+    if not flags & IFF_LOWER_UP:
+        return False, "no carrier"
+    return True, "up"
+
+
+def read_links(names: Iterable[str]) -> dict[str, tuple[bool, str]]:
+    """Current state of each named link; blocking (one dump), call off the loop if it matters."""
+    wanted = set(names)
+    found: dict[str, tuple[bool, str]] = {}
+    with IPRoute() as ipr:
+        for msg in ipr.get_links():
+            name = msg.get("IFLA_IFNAME")
+            if name in wanted:
+                found[name] = _describe(msg["flags"])
+    for name in wanted - found.keys():
+        found[name] = (False, "interface missing")
+    return found
+
+
+class LinkMonitor:
+    """Calls back only on a change of a watched link's up/down state."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, names: Iterable[str], callback: LinkCallback) -> None:
+        self._loop = loop
+        self._names = set(names)
+        self._callback = callback
+        self._marshal = MarshalRtnl()
+        self._state: dict[str, bool] = {}
+        self.resyncs = 0
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 0)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self._sock.bind((0, RTMGRP_LINK))
+
+    def start(self, initial: dict[str, tuple[bool, str]]) -> None:
+        self._state = {name: up for name, (up, _) in initial.items()}
+        self._loop.add_reader(self._sock.fileno(), self._on_readable)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+
+    def _update(self, name: str, up: bool, reason: str) -> None:
+        if name not in self._names or self._state.get(name) == up:
+            return
+        self._state[name] = up
+        self._callback(name, up, reason)
+
+    def _on_readable(self) -> None:
+        while True:
+            try:
+                data = self._sock.recv(1 << 16)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # ENOBUFS: events were lost; only a full re-read is correct now.
+                self.resyncs += 1
+                for name, (up, reason) in read_links(self._names).items():
+                    self._update(name, up, reason)
+                continue
+            for msg in self._marshal.parse(data):
+                name = msg.get("IFLA_IFNAME")
+                if msg["header"]["type"] == RTM_DELLINK:
+                    self._update(name, False, "interface removed")
+                elif msg["header"]["type"] == RTM_NEWLINK:
+                    self._update(name, *_describe(msg["flags"]))

@@ -1,0 +1,73 @@
+"""Prometheus text exposition of the daemon's status, one `dpagent_` prefix, base units.
+
+Rendered from the same status document `agentctl status --json` shows, so the two
+can never disagree. Role numbers follow keepalived-exporter (0 INIT .. 3 FAULT).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+
+def _version() -> str:
+    try:
+        return version("dpagent")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _labels(**labels: object) -> str:
+    if not labels:
+        return ""
+    escaped = {k: str(v).replace("\\", "\\\\").replace('"', '\\"') for k, v in labels.items()}
+    return "{" + ",".join(f'{k}="{v}"' for k, v in escaped.items()) + "}"
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def metric(self, name: str, kind: str, help_text: str, samples: list[tuple[dict, float]]) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            self.lines.append(f"{name}{_labels(**labels)} {value}")
+
+
+def render(status: dict) -> str:
+    node = status["node"]
+    out = _Writer()
+    out.metric("dpagent_build_info", "gauge", "Build information.", [({"version": _version()}, 1)])
+    out.metric("dpagent_state", "gauge", "Node state: 0 INIT, 1 BACKUP, 2 MASTER, 3 FAULT, 4 MAINTENANCE.",
+               [({}, node["state"]["number"])])
+    out.metric("dpagent_priority", "gauge", "Configured election priority.", [({}, node["priority"])])
+    out.metric("dpagent_transitions_total", "counter", "State transitions since start.",
+               [({}, len(status["transitions"]))])
+    counters = node.get("counters", {})
+    out.metric("dpagent_heartbeat_frames_sent_total", "counter", "Heartbeat frames sent.",
+               [({}, counters.get("frames_sent", 0))])
+    out.metric("dpagent_heartbeat_frames_received_total", "counter", "Valid heartbeat frames received.",
+               [({}, counters.get("frames_received", 0))])
+    out.metric("dpagent_heartbeat_frames_dropped_total", "counter", "Heartbeat frames dropped, by reason.",
+               [({"reason": r}, n) for r, n in sorted(node.get("drops", {}).items())])
+    out.metric("dpagent_peer_last_frame_age_seconds", "gauge", "Seconds since the last valid frame of a peer.",
+               [({"peer": p["node_id"]}, p["age_s"]) for p in node.get("peers", [])])
+    out.metric("dpagent_heartbeat_send_errors_total", "counter", "Heartbeat send errors, by link.",
+               [({"link": link["name"]}, link["send_errors"]) for link in status["links"]])
+    out.metric("dpagent_block_addresses", "gauge", "Addresses in a block.",
+               [({"block": b["name"]}, b["addresses"]) for b in status["blocks"]])
+    out.metric("dpagent_block_held", "gauge", "1 if this node holds the block.",
+               [({"block": b["name"]}, int(b["held"])) for b in status["blocks"]])
+    announce = status["announce"]
+    out.metric("dpagent_announce_frames_total", "counter", "GARP/NA frames sent.", [({}, announce["frames_sent"])])
+    out.metric("dpagent_announce_send_errors_total", "counter", "GARP/NA send errors, by errno.",
+               [({"errno": e}, n) for e, n in sorted(announce["send_errors_by_errno"].items())])
+    out.metric("dpagent_announce_last_duration_seconds", "gauge", "Duration of the last announcement round.",
+               [({}, announce["last_duration_s"] or 0)])
+    out.metric("dpagent_control_errors_total", "counter", "Rejected control socket requests, by reason.",
+               [({"reason": r}, n) for r, n in sorted(status["control_errors"].items())])
+    out.metric("dpagent_loop_lag_max_seconds", "gauge", "Worst event-loop timer lag seen.",
+               [({}, status["loop"]["max_lag_s"])])
+    out.metric("dpagent_loop_stalls_total", "counter", "Timer firings late by more than one advert interval.",
+               [({}, status["loop"]["stalls"])])
+    return "\n".join(out.lines) + "\n"

@@ -1,0 +1,85 @@
+"""A bounded history of state transitions, each with its ordered, timed steps.
+
+This is what `agentctl status` shows an operator after a failover: why the node
+moved, when, and how long every step (routes, addresses, announcements) took.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+HISTORY = 32
+
+
+@dataclass
+class Step:
+    name: str
+    started: float
+    seconds: float = 0.0
+    ok: bool = True
+    detail: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "started": self.started,
+            "seconds": round(self.seconds, 6),
+            "ok": self.ok,
+            "detail": self.detail,
+        }
+
+
+@dataclass
+class Transition:
+    old: str
+    new: str
+    reason: str
+    at: float
+    steps: list[Step] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "old": self.old,
+            "new": self.new,
+            "reason": self.reason,
+            "at": self.at,
+            "steps": [s.as_dict() for s in self.steps],
+        }
+
+
+class StepTimer:
+    """Context manager timing one step of a transition; an exception marks the step failed."""
+
+    def __init__(self, transition: Transition, name: str) -> None:
+        self._step = Step(name, time.time())
+        self._t0 = 0.0
+        transition.steps.append(self._step)
+
+    def __enter__(self) -> Step:
+        self._t0 = time.perf_counter()
+        return self._step
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        self._step.seconds = time.perf_counter() - self._t0
+        if exc is not None:
+            self._step.ok = False
+            self._step.detail["error"] = f"{kind.__name__}: {exc}"
+        return False
+
+
+class History:
+    def __init__(self, size: int = HISTORY) -> None:
+        self._items: deque[Transition] = deque(maxlen=size)
+
+    def begin(self, old: str, new: str, reason: str) -> Transition:
+        item = Transition(old, new, reason, time.time())
+        self._items.append(item)
+        return item
+
+    def latest(self) -> Transition | None:
+        return self._items[-1] if self._items else None
+
+    def as_list(self) -> list[dict]:
+        return [t.as_dict() for t in self._items]
