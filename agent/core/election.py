@@ -1,0 +1,463 @@
+"""VRRP/CARP-like election of the node that holds the address blocks, without I/O.
+
+The runtime feeds bytes, events and `now` in, drains actions out, and calls
+`handle_timer` at `get_timer()` (aioquic's pattern). Every state change goes
+through TRANSITIONS, the one table of what may follow what, and through
+`_change`, the one place with the side effects of leaving and entering MASTER,
+so TakeBlocks and ReleaseBlocks pair up by construction.
+
+Ranking is (priority, node_id), higher wins. A backup believes peer P is
+master until P's last MASTER advert + dead_multiplier x P's advertised
+interval, or until P says otherwise (RESIGN, or an advert with another
+state). When no master is believed, the best live backup takes over at once
+and each worse one waits one advert interval per better live backup.
+
+Preemption suppression (after FAILOVER or self-fencing): the node will not
+preempt until it next becomes master by the ordinary route (the master it
+handed over to dies or resigns). While suppressed it sets FLAG_YIELD in its
+frames, so peers do not count it as a better backup to wait for.
+
+Entering BACKUP starts a quiet time of one dead interval (no master yet
+heard: do not grab the blocks); hearing any MASTER advert ends it. A backup
+told its loop stalled waits one interval before a takeover, so that frames
+queued during the stall are read first. Late (reordered) frames count as
+received but never roll back what we know of their sender.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+
+from agent.core.actions import Action, ReleaseBlocks, SendFrame, StateChanged, TakeBlocks
+from agent.core.events import (
+    AdminCommand, AdminVerb, Event, LinkChanged, LinkRole, LoopStalled, Shutdown,
+)
+from agent.core.states import State
+from agent.core.wire import (
+    FLAG_YIELD, MAX_INTERVAL_US, MIN_INTERVAL_US, Frame, FrameError, FrameType, KeyRing,
+    ReplayGuard, Verdict, decode, encode,
+)
+
+
+class Input(Enum):
+    """What can move a node from one state to another (the table's columns)."""
+
+    START = "start"
+    MASTER_DOWN = "master down"
+    PREEMPT = "preempt"
+    BETTER_MASTER = "better master"
+    STALLED = "loop stalled"
+    FAILOVER = "failover"
+    MAINT_ON = "maintenance on"
+    MAINT_OFF = "maintenance off"
+    MAINT_OFF_FAULTY = "maintenance off, link down"
+    LINK_FAULT = "link fault"
+    LINKS_OK = "links ok"
+    SHUTDOWN = "shutdown"
+
+
+_I, _B, _M, _F, _MT = State.INIT, State.BACKUP, State.MASTER, State.FAULT, State.MAINTENANCE
+
+TRANSITIONS: dict[tuple[State, Input], State] = {
+    (_I, Input.START): _B,
+    (_I, Input.LINK_FAULT): _F,
+    (_B, Input.MASTER_DOWN): _M,
+    (_B, Input.PREEMPT): _M,
+    (_M, Input.BETTER_MASTER): _B,
+    (_M, Input.STALLED): _B,
+    (_M, Input.FAILOVER): _B,
+    (_B, Input.LINK_FAULT): _F,
+    (_M, Input.LINK_FAULT): _F,
+    (_F, Input.LINKS_OK): _B,
+    (_B, Input.MAINT_ON): _MT,
+    (_M, Input.MAINT_ON): _MT,
+    (_F, Input.MAINT_ON): _MT,
+    (_MT, Input.MAINT_OFF): _B,
+    (_MT, Input.MAINT_OFF_FAULTY): _F,
+    (_B, Input.SHUTDOWN): _I,
+    (_M, Input.SHUTDOWN): _I,
+    (_F, Input.SHUTDOWN): _I,
+    (_MT, Input.SHUTDOWN): _I,
+}
+"""(state, input) -> next state. A pair that is absent means: ignore the input."""
+
+
+@dataclass(frozen=True)
+class ElectionConfig:
+    node_id: int
+    priority: int
+    preempt: bool = True
+    preempt_delay: float = 0.0
+    advert_interval: float = 0.05
+    dead_multiplier: int = 3
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.node_id < 2**32:
+            raise ValueError(f"node_id {self.node_id} is not a u32")
+        if not 1 <= self.priority <= 254:
+            raise ValueError(f"priority {self.priority} not in 1..254")
+        if not MIN_INTERVAL_US <= round(self.advert_interval * 1e6) <= MAX_INTERVAL_US:
+            raise ValueError(f"advert_interval {self.advert_interval} s out of range")
+        if self.dead_multiplier < 2:
+            raise ValueError("dead_multiplier must be at least 2")
+        if self.preempt_delay < 0:
+            raise ValueError("preempt_delay must not be negative")
+
+    @property
+    def dead_interval(self) -> float:
+        return self.dead_multiplier * self.advert_interval
+
+
+@dataclass
+class _Peer:
+    """What we last heard from one other node (current epoch)."""
+
+    node_id: int
+    epoch: int
+    state: State
+    priority: int
+    interval: float
+    flags: int
+    last_seen: float
+    master_until: float | None = None
+    lost_why: str = ""
+    links: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        return (self.priority, self.node_id)
+
+
+class Node:
+    """One node's election state machine; see the module docstring."""
+
+    def __init__(self, config: ElectionConfig, keys: KeyRing, epoch: int) -> None:
+        self._config = config
+        self._keys = keys
+        self._epoch = epoch
+        self._seq = 0
+        self._state = State.INIT
+        self._actions: list[Action] = []
+        self._links: dict[str, tuple[LinkRole, bool, str]] = {}
+        self._peers: dict[int, _Peer] = {}
+        self._replay = ReplayGuard()
+        self._drops: Counter[str] = Counter()
+        self._counters: Counter[str] = Counter(
+            frames_sent=0, frames_received=0, duplicates=0, reordered=0)
+        self._now = 0.0
+        self._next_advert: float | None = None
+        self._quiet_until = 0.0
+        self._hold_until = 0.0
+        self._preempt_since: float | None = None
+        self._suppressed = False
+        self._last: tuple[State, State, str, float] | None = None
+
+    # -- public API ---------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        return (self._config.priority, self._config.node_id)
+
+    def start(self, now: float) -> None:
+        """INIT -> BACKUP, or FAULT if a link it needs is already down."""
+        self._now = now
+        fault = self._fault_reason()
+        if fault:
+            self._fire(Input.LINK_FAULT, fault, now)
+        else:
+            self._fire(Input.START, "started", now)
+
+    def receive_datagram(self, data: bytes, link: str, now: float) -> None:
+        self._now = now
+        if self._state is State.INIT:
+            return
+        try:
+            frame = decode(data, self._keys)
+        except FrameError as error:
+            self._drops[error.reason] += 1
+            return
+        if frame.node_id == self._config.node_id:
+            self._drops["own_id"] += 1
+            return
+        verdict = self._replay.check(frame.node_id, frame.epoch, frame.seq)
+        if verdict is Verdict.REPLAY:
+            self._drops["replay"] += 1
+            return
+        if verdict in (Verdict.DUPLICATE, Verdict.REORDERED):
+            self._counters["duplicates" if verdict is Verdict.DUPLICATE else "reordered"] += 1
+            self._peers[frame.node_id].links[link] = now
+            return
+        self._counters["frames_received"] += 1
+        peer = self._learn(frame, link, now)
+        self._react(peer, now)
+        self._evaluate(now)
+
+    def receive(self, event: Event, now: float) -> None:
+        self._now = now
+        if isinstance(event, LinkChanged):
+            self._on_link(event, now)
+        elif isinstance(event, LoopStalled):
+            self._on_stall(event.lag, now)
+        elif isinstance(event, AdminCommand):
+            self._on_admin(event.verb, now)
+        elif isinstance(event, Shutdown):
+            self._fire(Input.SHUTDOWN, "shutdown", now)
+
+    def handle_timer(self, now: float) -> None:
+        self._now = now
+        if self._state is State.INIT:
+            return
+        if self._next_advert is not None and now >= self._next_advert:
+            self._send(FrameType.ADVERT)
+            following = self._next_advert + self._config.advert_interval
+            self._next_advert = following if following > now else now + self._config.advert_interval
+        self._evaluate(now)
+
+    def get_timer(self) -> float | None:
+        if self._state is State.INIT:
+            return None
+        times = [t for t in (self._next_advert, self._takeover_deadline()) if t is not None]
+        return min(times) if times else None
+
+    def actions(self) -> list[Action]:
+        drained, self._actions = self._actions, []
+        return drained
+
+    # -- transitions --------------------------------------------------------
+
+    def _fire(self, what: Input, reason: str, now: float) -> bool:
+        new = TRANSITIONS.get((self._state, what))
+        if new is None:
+            return False
+        self._change(new, reason, now)
+        return True
+
+    def _change(self, new: State, reason: str, now: float) -> None:
+        old = self._state
+        if old is State.MASTER:
+            self._state = new
+            self._send(FrameType.RESIGN)
+            self._actions.append(ReleaseBlocks(reason))
+        self._state = new
+        self._last = (old, new, reason, now)
+        self._actions.append(StateChanged(old, new, reason))
+        self._preempt_since = None
+        if new is State.INIT:
+            self._next_advert = None
+            return
+        if new is State.MASTER:
+            self._suppressed = False
+            self._actions.append(TakeBlocks(reason))
+        if new is State.BACKUP:
+            self._quiet_until = now + self._config.dead_interval
+        if old is not State.MASTER:
+            self._send(FrameType.ADVERT)
+        self._next_advert = now + self._config.advert_interval
+
+    # -- inputs -------------------------------------------------------------
+
+    def _on_link(self, event: LinkChanged, now: float) -> None:
+        self._links[event.link] = (event.role, event.up, event.reason)
+        if self._state is State.INIT:
+            return
+        fault = self._fault_reason()
+        if fault:
+            self._fire(Input.LINK_FAULT, fault, now)
+        else:
+            self._fire(Input.LINKS_OK, f"link {event.link} up, all links up", now)
+
+    def _on_stall(self, lag: float, now: float) -> None:
+        cfg = self._config
+        if self._state is State.BACKUP:
+            # Frames queued during the stall are still unread: read them first.
+            self._hold_until = now + cfg.advert_interval
+            return
+        if self._state is State.MASTER and lag >= cfg.dead_interval - cfg.advert_interval:
+            self._suppressed = True
+            self._fire(Input.STALLED, f"self-fence: loop stalled {lag:.3f} s", now)
+
+    def _on_admin(self, verb: AdminVerb, now: float) -> None:
+        if verb is AdminVerb.FAILOVER:
+            if self._state is State.MASTER:
+                self._suppressed = True
+            self._fire(Input.FAILOVER, "admin failover", now)
+        elif verb is AdminVerb.MAINTENANCE_ON:
+            self._fire(Input.MAINT_ON, "admin maintenance on", now)
+        elif verb is AdminVerb.MAINTENANCE_OFF:
+            fault = self._fault_reason()
+            if fault:
+                self._fire(Input.MAINT_OFF_FAULTY, f"admin maintenance off; {fault}", now)
+            else:
+                self._fire(Input.MAINT_OFF, "admin maintenance off", now)
+
+    def _fault_reason(self) -> str:
+        """Why this node must not hold the blocks now, or "" if it may."""
+        for name, (role, up, why) in sorted(self._links.items()):
+            if role is LinkRole.BLOCK and not up:
+                return f"block link {name} down" + (f": {why}" if why else "")
+        heartbeats = sorted(n for n, (role, _, _) in self._links.items() if role is LinkRole.HEARTBEAT)
+        if heartbeats and not any(self._links[n][1] for n in heartbeats):
+            return f"all heartbeat links down ({', '.join(heartbeats)})"
+        return ""
+
+    # -- frames -------------------------------------------------------------
+
+    def _learn(self, frame: Frame, link: str, now: float) -> _Peer:
+        peer = self._peers.get(frame.node_id)
+        if peer is None:
+            peer = _Peer(frame.node_id, frame.epoch, frame.state, frame.priority,
+                         frame.advert_interval, frame.flags, now)
+            self._peers[frame.node_id] = peer
+        elif frame.epoch != peer.epoch:
+            peer.links.clear()
+        peer.epoch, peer.state, peer.priority = frame.epoch, frame.state, frame.priority
+        peer.interval, peer.flags, peer.last_seen = frame.advert_interval, frame.flags, now
+        peer.links[link] = now
+        if frame.kind is FrameType.ADVERT and frame.state is State.MASTER:
+            peer.master_until = now + self._config.dead_multiplier * peer.interval
+            peer.lost_why = ""
+            # A master is heard: no reason left to sit out the start-up quiet time.
+            self._quiet_until = min(self._quiet_until, now)
+        elif peer.master_until is not None and peer.master_until > now:
+            peer.master_until = now
+            peer.lost_why = (f"resign from {peer.node_id}" if frame.kind is FrameType.RESIGN
+                             else f"master {peer.node_id} now {frame.state.name}")
+        return peer
+
+    def _react(self, peer: _Peer, now: float) -> None:
+        if (self._state is State.MASTER and peer.master_until is not None
+                and peer.master_until > now and peer.rank > self.rank):
+            self._fire(Input.BETTER_MASTER,
+                       f"master {peer.node_id} (prio {peer.priority}) outranks us "
+                       f"(prio {self._config.priority})", now)
+
+    # -- backup decisions ---------------------------------------------------
+
+    def _live(self, peer: _Peer, now: float) -> bool:
+        return now - peer.last_seen < self._config.dead_multiplier * peer.interval
+
+    def _live_masters(self, now: float) -> list[_Peer]:
+        return [p for p in self._peers.values() if p.master_until is not None and p.master_until > now]
+
+    def _better_backups(self, now: float) -> int:
+        """Live backups that outrank us and intend to take over: each costs one interval."""
+        return sum(
+            1 for p in self._peers.values()
+            if p.state is State.BACKUP and not p.flags & FLAG_YIELD
+            and p.rank > self.rank and self._live(p, now)
+        )
+
+    def _lost_master(self) -> tuple[float, str]:
+        """Since when no master is believed, and why (for the transition reason)."""
+        ended = [(p.master_until, p) for p in self._peers.values() if p.master_until is not None]
+        until, last = max(ended, key=lambda e: e[0], default=(0.0, None))
+        if last is None or until <= self._quiet_until:
+            return self._quiet_until, f"no master heard for {self._config.dead_interval:.3f} s"
+        why = last.lost_why or (f"peer {last.node_id} (prio {last.priority}) silent for "
+                                f"{until - last.last_seen:.3f} s")
+        return until, why
+
+    def _takeover_deadline(self) -> float | None:
+        if self._state is not State.BACKUP:
+            return None
+        now = self._now
+        masters = self._live_masters(now)
+        if masters:
+            deadline = max(p.master_until or 0.0 for p in masters)
+            if self._preempt_since is not None:
+                deadline = min(deadline, self._preempt_since + self._config.preempt_delay)
+            return deadline
+        since, _ = self._lost_master()
+        skew = self._better_backups(now) * self._config.advert_interval
+        return max(since + skew, self._hold_until)
+
+    def _evaluate(self, now: float) -> None:
+        if self._state is not State.BACKUP:
+            return
+        masters = self._live_masters(now)
+        if masters:
+            self._consider_preempt(max(masters, key=lambda p: p.rank), now)
+            return
+        self._preempt_since = None
+        deadline = self._takeover_deadline()
+        if deadline is not None and now >= deadline:
+            _, why = self._lost_master()
+            self._fire(Input.MASTER_DOWN, why, now)
+
+    def _consider_preempt(self, master: _Peer, now: float) -> None:
+        cfg = self._config
+        if not cfg.preempt or self._suppressed or master.rank > self.rank:
+            self._preempt_since = None
+            return
+        if self._preempt_since is None:
+            self._preempt_since = now
+        if now >= self._preempt_since + cfg.preempt_delay:
+            self._fire(Input.PREEMPT, f"preempt: {cfg.node_id} outranks master {master.node_id}", now)
+
+    # -- output -------------------------------------------------------------
+
+    def _send(self, kind: FrameType) -> None:
+        cfg = self._config
+        frame = Frame(
+            kind=kind, node_id=cfg.node_id, state=self._state, priority=cfg.priority,
+            advert_interval_us=round(cfg.advert_interval * 1e6), epoch=self._epoch,
+            seq=self._seq, flags=FLAG_YIELD if self._suppressed else 0,
+        )
+        self._seq += 1
+        self._counters["frames_sent"] += 1
+        self._actions.append(SendFrame(encode(frame, self._keys)))
+
+    def snapshot(self, now: float) -> dict:
+        """Everything `agentctl status` shows, as JSON-able plain data."""
+        cfg = self._config
+        masters = self._live_masters(now)
+        if self._state is State.MASTER:
+            master: int | None = cfg.node_id
+        else:
+            master = max(masters, key=lambda p: p.rank).node_id if masters else None
+        peers = [
+            {
+                "node_id": p.node_id,
+                "state": p.state.name,
+                "priority": p.priority,
+                "age_s": round(now - p.last_seen, 6),
+                "links": sorted(n for n, t in p.links.items()
+                                if now - t < cfg.dead_multiplier * p.interval),
+                "epoch": p.epoch,
+                "yielding": bool(p.flags & FLAG_YIELD),
+            }
+            for p in sorted(self._peers.values(), key=lambda p: p.node_id)
+        ]
+        last = None
+        if self._last is not None:
+            old, new, reason, at = self._last
+            last = {"from": old.name, "to": new.name, "reason": reason, "age_s": round(now - at, 6)}
+        timer = self.get_timer()
+        return {
+            "state": {"name": self._state.name, "number": int(self._state)},
+            "node_id": cfg.node_id,
+            "priority": cfg.priority,
+            "epoch": self._epoch,
+            "master": master,
+            "peers": peers,
+            "links": {n: {"role": r.value, "up": up, "reason": why}
+                      for n, (r, up, why) in sorted(self._links.items())},
+            "drops": dict(sorted(self._drops.items())),
+            "counters": dict(self._counters),
+            "preempt": {
+                "enabled": cfg.preempt,
+                "delay_s": cfg.preempt_delay,
+                "suppressed": self._suppressed,
+                "pending_s": None if self._preempt_since is None
+                else round(now - self._preempt_since, 6),
+            },
+            "last_transition": last,
+            "last_reason": last["reason"] if last else None,
+            "next_timer_in_s": None if timer is None else round(timer - now, 6),
+        }

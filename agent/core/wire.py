@@ -1,0 +1,216 @@
+"""Heartbeat frame codec: a fixed 64-byte, HMAC-SHA256 authenticated datagram.
+
+The one idea: every byte that arrives is hostile. `decode` either returns a
+`Frame` whose fields are all in range or raises `FrameError` with one reason
+out of a fixed set, which the node uses as its drop-counter key. Replay is a
+separate step (`ReplayGuard`) because it needs per-sender memory.
+
+Layout, big-endian (32-byte header, then the MAC over that header):
+
+    0  magic  b"DP"          8  node_id             u32
+    2  version u8 (= 1)     12  advert_interval_us  u32
+    3  type    u8           16  epoch               u64  sender start, ns
+    4  key_id  u8           24  seq                 u64  per epoch
+    5  state   u8           32  hmac-sha256         32 bytes
+    6  priority u8
+    7  flags   u8  (bit 0 YIELD: "I will not take over while another can")
+
+Magic, version and key id are checked before the MAC (they are needed to
+pick the key); type and field ranges after it, so an unauthenticated sender
+can only ever cause "short", "long", "magic", "version", "key_id" or "auth".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+
+from agent.core.states import State
+
+MAGIC = b"DP"
+VERSION = 1
+_HEADER = struct.Struct(">2sBBBBBBIIQQ")
+MAC_SIZE = 32
+FRAME_SIZE = _HEADER.size + MAC_SIZE
+
+FLAG_YIELD = 0x01
+_KNOWN_FLAGS = FLAG_YIELD
+
+MIN_INTERVAL_US = 1_000
+MAX_INTERVAL_US = 60_000_000
+
+REASONS = frozenset({"short", "long", "magic", "version", "type", "key_id", "auth", "field"})
+
+
+class FrameType(IntEnum):
+    ADVERT = 1
+    RESIGN = 2
+
+
+class FrameError(Exception):
+    """A datagram that is not a valid frame; `reason` is one of REASONS."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """Pre-shared keys by id: the first one signs, any of them verifies (rotation)."""
+
+    keys: tuple[tuple[int, bytes], ...]
+    _by_id: dict[int, bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            raise ValueError("a key ring needs at least one key")
+        by_id: dict[int, bytes] = {}
+        for key_id, key in self.keys:
+            if not 0 <= key_id <= 255:
+                raise ValueError(f"key id {key_id} is not a u8")
+            if not key:
+                raise ValueError(f"key {key_id} is empty")
+            if key_id in by_id:
+                raise ValueError(f"key id {key_id} given twice")
+            by_id[key_id] = bytes(key)
+        object.__setattr__(self, "_by_id", by_id)
+
+    @property
+    def send_id(self) -> int:
+        return self.keys[0][0]
+
+    def get(self, key_id: int) -> bytes | None:
+        return self._by_id.get(key_id)
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: FrameType
+    node_id: int
+    state: State
+    priority: int
+    advert_interval_us: int
+    epoch: int
+    seq: int
+    flags: int = 0
+
+    @property
+    def advert_interval(self) -> float:
+        return self.advert_interval_us / 1e6
+
+
+def _fields_valid(frame: Frame) -> bool:
+    return (
+        1 <= frame.priority <= 254
+        and frame.flags & ~_KNOWN_FLAGS == 0
+        and MIN_INTERVAL_US <= frame.advert_interval_us <= MAX_INTERVAL_US
+        and 0 <= frame.node_id < 2**32
+        and 0 <= frame.epoch < 2**64
+        and 0 <= frame.seq < 2**64
+        # A node that resigns says what it became, which is never MASTER.
+        and not (frame.kind is FrameType.RESIGN and frame.state is State.MASTER)
+    )
+
+
+def _mac(key: bytes, header: bytes) -> bytes:
+    return hmac.new(key, header, hashlib.sha256).digest()
+
+
+def encode(frame: Frame, keyring: KeyRing) -> bytes:
+    """Serialise and sign with the ring's first key."""
+    if not _fields_valid(frame):
+        raise ValueError(f"frame field out of range: {frame}")
+    header = _HEADER.pack(
+        MAGIC, VERSION, frame.kind, keyring.send_id, frame.state, frame.priority,
+        frame.flags, frame.node_id, frame.advert_interval_us, frame.epoch, frame.seq,
+    )
+    return header + _mac(keyring.get(keyring.send_id) or b"", header)
+
+
+def decode(data: bytes, keyring: KeyRing) -> Frame:
+    """Parse and authenticate one datagram; raises only FrameError."""
+    if len(data) < FRAME_SIZE:
+        raise FrameError("short")
+    if len(data) > FRAME_SIZE:
+        raise FrameError("long")
+    header, mac = bytes(data[: _HEADER.size]), bytes(data[_HEADER.size :])
+    (magic, version, kind, key_id, state, priority, flags,
+     node_id, interval_us, epoch, seq) = _HEADER.unpack(header)
+    if magic != MAGIC:
+        raise FrameError("magic")
+    if version != VERSION:
+        raise FrameError("version")
+    key = keyring.get(key_id)
+    if key is None:
+        raise FrameError("key_id")
+    if not hmac.compare_digest(mac, _mac(key, header)):
+        raise FrameError("auth")
+    if kind not in FrameType._value2member_map_:
+        raise FrameError("type")
+    if state not in State._value2member_map_:
+        raise FrameError("field")
+    frame = Frame(FrameType(kind), node_id, State(state), priority, interval_us, epoch, seq, flags)
+    if not _fields_valid(frame):
+        raise FrameError("field")
+    return frame
+
+
+class Verdict(Enum):
+    NEW = "new"  # the newest frame from its sender so far
+    REORDERED = "reordered"  # first copy, but older than one already seen: accept, do not act on
+    DUPLICATE = "duplicate"
+    REPLAY = "replay"
+
+
+WINDOW = 64
+_WINDOW_MASK = (1 << WINDOW) - 1
+
+
+@dataclass
+class _Window:
+    """IPsec-style anti-replay window: bit i of `seen` stands for seq `top - i`."""
+
+    epoch: int
+    top: int
+    seen: int = 1
+
+    def check(self, seq: int) -> Verdict:
+        if seq > self.top:
+            self.seen = ((self.seen << (seq - self.top)) | 1) & _WINDOW_MASK
+            self.top = seq
+            return Verdict.NEW
+        offset = self.top - seq
+        if offset >= WINDOW:
+            return Verdict.REPLAY
+        if self.seen >> offset & 1:
+            return Verdict.DUPLICATE
+        self.seen |= 1 << offset
+        return Verdict.REORDERED
+
+
+class ReplayGuard:
+    """Per-sender replay windows keyed by node id.
+
+    The same frame over two heartbeat links is a DUPLICATE (benign); an older
+    epoch or a seq that fell out of the window is a REPLAY; a first copy older
+    than the newest is REORDERED, so a late advert cannot roll back what the
+    receiver knows of the sender. A newer epoch means
+    the sender restarted, so its window starts over. Call only with frames that
+    passed `decode`, so that a forger cannot move a window.
+    """
+
+    def __init__(self) -> None:
+        self._windows: dict[int, _Window] = {}
+
+    def check(self, node_id: int, epoch: int, seq: int) -> Verdict:
+        window = self._windows.get(node_id)
+        if window is None or epoch > window.epoch:
+            self._windows[node_id] = _Window(epoch, seq)
+            return Verdict.NEW
+        if epoch < window.epoch:
+            return Verdict.REPLAY
+        return window.check(seq)

@@ -1,0 +1,257 @@
+"""An in-memory cluster of election Nodes with a manual clock (h11's ConnectionPair idea).
+
+Frames travel over named heartbeat links with a latency, optional loss and
+partitions; nodes can stall (no timers, no reads, frames queue up) and be
+killed or restarted with a new epoch. The harness plays the runtime: it drains
+actions after every call, sends SendFrame bytes on every heartbeat link that is
+up at both ends, and checks TakeBlocks/ReleaseBlocks pairing as it goes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from agent.core.actions import ReleaseBlocks, SendFrame, StateChanged, TakeBlocks
+from agent.core.election import ElectionConfig, Node
+from agent.core.events import Event, LinkChanged, LinkRole, LoopStalled, Shutdown
+from agent.core.states import State
+from agent.core.wire import FrameType, KeyRing, decode
+
+KEYS = KeyRing(((1, b"k" * 32),))
+HEARTBEATS = ("hb0", "hb1")
+BLOCK = "ext0"
+
+
+@dataclass(order=True)
+class _Flight:
+    at: float
+    order: int
+    dst: int = field(compare=False)
+    link: str = field(compare=False)
+    data: bytes = field(compare=False)
+    src: int = field(compare=False)
+    src_term: int = field(compare=False)
+
+
+@dataclass
+class Member:
+    config: ElectionConfig
+    node: Node
+    up: bool = True  # False: crashed (no timers, frames lost)
+    stalled_since: float | None = None
+    stall_until: float = 0.0
+    backlog: list[_Flight] = field(default_factory=list)
+    links: dict[str, bool] = field(default_factory=dict)
+    holds: bool = False
+    term: int = 0
+    epochs: int = 1
+    newest: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+
+class Cluster:
+    def __init__(self, configs: list[ElectionConfig], latency: float = 0.001,
+                 keys: KeyRing = KEYS, seed: int = 0) -> None:
+        self.now = 0.0
+        self.latency = latency
+        self.loss = 0.0
+        self.jitter = 0.0
+        self.keys = keys
+        self.rng = random.Random(seed)
+        self.partitions: set[frozenset[int]] = set()
+        self.members = {c.node_id: self._member(c, epoch=1) for c in configs}
+        self.log: list[tuple[float, int, StateChanged]] = []
+        self.sent: list[tuple[float, int, bytes]] = []
+        self.heard: dict[tuple[int, int], tuple[int, int]] = {}
+        self._flights: list[_Flight] = []
+        self._order = 0
+
+    def _member(self, config: ElectionConfig, epoch: int) -> Member:
+        links = {name: True for name in HEARTBEATS} | {BLOCK: True}
+        return Member(config, Node(config, self.keys, epoch), links=links)
+
+    # -- driving ----------------------------------------------------------
+
+    def node(self, node_id: int) -> Node:
+        return self.members[node_id].node
+
+    def start(self, node_id: int | None = None) -> None:
+        for nid in [node_id] if node_id is not None else list(self.members):
+            member = self.members[nid]
+            for name, up in member.links.items():
+                role = LinkRole.BLOCK if name == BLOCK else LinkRole.HEARTBEAT
+                member.node.receive(LinkChanged(name, role, up), self.now)
+            member.node.start(self.now)
+            self._drain(nid)
+
+    def event(self, node_id: int, event: Event) -> None:
+        self.members[node_id].node.receive(event, self.now)
+        self._drain(node_id)
+
+    def set_link(self, node_id: int, name: str, up: bool) -> None:
+        member = self.members[node_id]
+        member.links[name] = up
+        role = LinkRole.BLOCK if name == BLOCK else LinkRole.HEARTBEAT
+        if member.up:
+            self.event(node_id, LinkChanged(name, role, up, "carrier lost" if not up else ""))
+
+    def kill(self, node_id: int) -> None:
+        """Crash: the node sends nothing more and hears nothing; its blocks are gone."""
+        member = self.members[node_id]
+        member.up = False
+        member.holds = False
+
+    def restart(self, node_id: int, graceful: bool = True) -> None:
+        member = self.members[node_id]
+        if graceful and member.up:
+            self.event(node_id, Shutdown())
+        member.epochs += 1
+        fresh = self._member(member.config, member.epochs)
+        fresh.links, fresh.epochs, fresh.term = member.links, member.epochs, member.term
+        self.members[node_id] = fresh
+        self.start(node_id)
+
+    def stall(self, node_id: int, duration: float) -> None:
+        member = self.members[node_id]
+        if member.stalled_since is None:
+            member.stalled_since = self.now
+        member.stall_until = max(member.stall_until, self.now + duration)
+
+    def deliver(self, src: int, dst: int, data: bytes, link: str = "hb0") -> None:
+        """Hand one datagram to a node right now (bypasses links and loss)."""
+        self._receive(_Flight(self.now, 0, dst, link, data, src, -1))
+
+    # -- clock ------------------------------------------------------------
+
+    def run_until(self, end: float, check=None) -> None:
+        while True:
+            at, step = self._next_step()
+            if at > end:
+                break
+            self.now = max(self.now, at)
+            step()
+            if check is not None:
+                check(self)
+        self.now = end
+
+    def run_for(self, duration: float, check=None) -> None:
+        self.run_until(self.now + duration, check)
+
+    def _next_step(self):
+        candidates = []
+        if self._flights:
+            candidates.append((self._flights[0].at, 0, self._land))
+        for nid, member in self.members.items():
+            if not member.up:
+                continue
+            if member.stalled_since is not None:
+                candidates.append((member.stall_until, 1, lambda n=nid: self._unstall(n)))
+                continue
+            timer = member.node.get_timer()
+            if timer is not None:
+                candidates.append((timer, 2, lambda n=nid: self._timer(n)))
+        if not candidates:
+            return float("inf"), None
+        at, _, step = min(candidates, key=lambda c: (c[0], c[1]))
+        return at, step
+
+    def _timer(self, node_id: int) -> None:
+        self.members[node_id].node.handle_timer(self.now)
+        self._drain(node_id)
+
+    def _unstall(self, node_id: int) -> None:
+        member = self.members[node_id]
+        lag = self.now - (member.stalled_since or self.now)
+        member.stalled_since = None
+        self.event(node_id, LoopStalled(lag))
+        backlog, member.backlog = member.backlog, []
+        for flight in backlog:
+            self._receive(flight)
+        self._timer(node_id)
+
+    def _land(self) -> None:
+        flight = heapq.heappop(self._flights)
+        member = self.members[flight.dst]
+        if not member.up or not member.links.get(flight.link, False):
+            return
+        if member.stalled_since is not None:
+            member.backlog.append(flight)
+            return
+        self._receive(flight)
+
+    def _receive(self, flight: _Flight) -> None:
+        member = self.members[flight.dst]
+        self._note_heard(member, flight)
+        member.node.receive_datagram(flight.data, flight.link, self.now)
+        self._drain(flight.dst)
+
+    def _note_heard(self, member: Member, flight: _Flight) -> None:
+        """Record a MASTER advert heard as the sender's newest, by a master, in both terms."""
+        try:
+            frame = decode(flight.data, self.keys)
+        except Exception:
+            return
+        if member.node.state is State.INIT:
+            return
+        key = (frame.epoch, frame.seq)
+        if key <= member.newest.get(frame.node_id, (-1, -1)):
+            return
+        member.newest[frame.node_id] = key
+        sender = self.members[flight.src]
+        if (frame.kind is FrameType.ADVERT and frame.state is State.MASTER
+                and member.node.state is State.MASTER and sender.node.state is State.MASTER
+                and flight.src_term == sender.term):
+            self.heard[(flight.dst, flight.src)] = (member.term, sender.term)
+
+    # -- actions ----------------------------------------------------------
+
+    def _drain(self, node_id: int) -> None:
+        member = self.members[node_id]
+        for action in member.node.actions():
+            if isinstance(action, SendFrame):
+                self._send(node_id, action.data)
+            elif isinstance(action, TakeBlocks):
+                assert not member.holds, f"node {node_id}: TakeBlocks twice"
+                member.holds = True
+            elif isinstance(action, ReleaseBlocks):
+                assert member.holds, f"node {node_id}: ReleaseBlocks without TakeBlocks"
+                member.holds = False
+            elif isinstance(action, StateChanged):
+                if action.new is State.MASTER:
+                    member.term += 1
+                self.log.append((self.now, node_id, action))
+        assert member.holds == (member.node.state is State.MASTER), node_id
+
+    def _send(self, src: int, data: bytes) -> None:
+        sender = self.members[src]
+        self.sent.append((self.now, src, data))
+        for dst in self.members:
+            if dst == src or frozenset((src, dst)) in self.partitions:
+                continue
+            for link in HEARTBEATS:
+                if not sender.links[link] or self.rng.random() < self.loss:
+                    continue
+                delay = self.latency + self.rng.random() * self.jitter
+                self._order += 1
+                heapq.heappush(self._flights, _Flight(
+                    self.now + delay, self._order, dst, link, data, src, sender.term))
+
+    # -- observations -----------------------------------------------------
+
+    def masters(self) -> list[int]:
+        return sorted(n for n, m in self.members.items()
+                      if m.up and m.node.state is State.MASTER)
+
+    def states(self) -> dict[int, State]:
+        return {n: m.node.state for n, m in self.members.items()}
+
+    def transitions(self, node_id: int) -> list[StateChanged]:
+        return [sc for _, n, sc in self.log if n == node_id]
+
+
+@pytest.fixture(scope="session")
+def cluster_class() -> type[Cluster]:
+    return Cluster
