@@ -231,6 +231,16 @@ prefixes = [{", ".join(prefixes)}]
             time.sleep(0.02)
         raise TimeoutError(f"fw{node} not {state} within {timeout} s (now {self.state(node)})")
 
+    def wait_master_seen(self, node: int, master: int, timeout: float = 10.0) -> dict:
+        """Wait until fw<node> is BACKUP and believes fw<master> is the master."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status(node)
+            if status and status["node"]["state"]["name"] == "BACKUP" and status["node"]["master"] == master:
+                return status
+            time.sleep(0.02)
+        raise TimeoutError(f"fw{node} does not follow master fw{master} within {timeout} s")
+
     def holds_block(self, node: int) -> bool:
         """True if the kernel of fw<node> has the block's AnyIP route, whatever the agent says."""
         out = self.exec(f"fw{node}", ["ip", "route", "show", "table", "local", BLOCK_V4]).stdout

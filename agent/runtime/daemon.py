@@ -27,7 +27,7 @@ from agent.runtime import metrics
 from agent.runtime.announce import Announcer
 from agent.runtime.control import ControlError, ControlServer
 from agent.runtime.heartbeat import HeartbeatPort
-from agent.runtime.linkmon import LinkMonitor, read_links
+from agent.runtime.linkmon import NO_CARRIER, LinkMonitor, read_links
 from agent.runtime.notify import Notifier
 from agent.runtime.transitions import History, StepTimer, Transition
 
@@ -149,21 +149,31 @@ class Daemon:
         self.node.receive_datagram(data, link, self.loop.time())
         self._process()
 
-    def _on_link(self, name: str, up: bool, reason: str) -> None:
-        roles = []
-        if name in self.ports:
-            roles.append(LinkRole.HEARTBEAT)
-            port = self.ports[name]
+    def _link_events(self, name: str, up: bool, reason: str) -> list[LinkChanged]:
+        """Translate a link's state into what the core must hear.
+
+        Carrier loss on a heartbeat link is what a dead peer at the other end of a
+        direct cable looks like, so it is not a local fault: only a heartbeat link
+        that is down here (administratively, or gone) counts against this node.
+        """
+        events = []
+        port = self.ports.get(name)
+        if port is not None:
+            usable = up or reason == NO_CARRIER
             # A re-created interface has a new index: the old socket is bound to nothing.
             port.close()
-            if up:
+            if usable:
                 port.open()
+            events.append(LinkChanged(name, LinkRole.HEARTBEAT, usable, reason))
         if any(b.interface == name for b in self.config.blocks):
-            roles.append(LinkRole.BLOCK)
+            events.append(LinkChanged(name, LinkRole.BLOCK, up, reason))
+        return events
+
+    def _on_link(self, name: str, up: bool, reason: str) -> None:
         log.warning("link %s %s (%s)", name, "up" if up else "down", reason)
         now = self.loop.time()
-        for role in roles:
-            self.node.receive(LinkChanged(name, role, up, reason), now)
+        for event in self._link_events(name, up, reason):
+            self.node.receive(event, now)
         self._process()
 
     # --- transition work -----------------------------------------------------------
@@ -328,12 +338,8 @@ class Daemon:
         self.monitor.start(initial)
         now = self.loop.time()
         for name, (up, reason) in sorted(initial.items()):
-            if name in self.ports:
-                if up:
-                    self.ports[name].open()
-                self.node.receive(LinkChanged(name, LinkRole.HEARTBEAT, up, reason), now)
-            if any(b.interface == name for b in self.config.blocks):
-                self.node.receive(LinkChanged(name, LinkRole.BLOCK, up, reason), now)
+            for event in self._link_events(name, up, reason):
+                self.node.receive(event, now)
         await self.control.start()
         worker = self.loop.create_task(self._worker())
         for sig in (signal.SIGTERM, signal.SIGINT):

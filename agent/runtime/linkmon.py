@@ -20,6 +20,7 @@ RTMGRP_LINK = 0x1
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
+NO_CARRIER = "no carrier"
 
 # (name, up, reason)
 LinkCallback = Callable[[str, bool, str], None]
@@ -29,7 +30,7 @@ def _describe(flags: int) -> tuple[bool, str]:
     if not flags & IFF_UP:
         return False, "administratively down"
     if not flags & IFF_LOWER_UP:
-        return False, "no carrier"
+        return False, NO_CARRIER
     return True, "up"
 
 

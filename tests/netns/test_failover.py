@@ -1,0 +1,161 @@
+"""Two agents in the lab, real kernel, real traffic: the failover cases of the foundation issue."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agent.lab import BLOCK_V4, Lab
+from agent.labprobe import outage
+
+PROBE_SECONDS = 4.0
+
+
+@pytest.fixture
+def lab():
+    with Lab() as built:
+        yield built
+
+
+def start_pair(lab: Lab, **fw1_options) -> None:
+    """fw1 first so it is master whatever the preempt setting, then fw2 as backup."""
+    lab.start_agent(1, lab.write_config(1, **fw1_options))
+    lab.wait_state(1, "MASTER")
+    lab.start_agent(2)
+    lab.wait_master_seen(2, 1)
+
+
+def start_probe(lab: Lab, seconds: float = PROBE_SECONDS) -> tuple[subprocess.Popen, str]:
+    out = str(lab.dir / "probe.json")
+    proc = lab.spawn("client", [sys.executable, "-m", "agent.labprobe", "--block", BLOCK_V4,
+                                "--count", "64", "--duration", str(seconds), "--out", out],
+                     stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc, out
+
+
+def finish_probe(proc: subprocess.Popen, out: str) -> dict:
+    proc.wait(timeout=PROBE_SECONDS + 10)
+    with open(out) as fh:
+        return json.load(fh)
+
+
+def holders(lab: Lab) -> list[int]:
+    return [n for n in (1, 2) if lab.holds_block(n)]
+
+
+def test_node_death_moves_the_whole_block_and_traffic_resumes(lab):
+    start_pair(lab)
+    assert holders(lab) == [1]
+    fw2_mac = lab.mac("fw2", "ext0")
+    proc, out = start_probe(lab)
+    time.sleep(0.5)
+    killed_at = lab.kill_node(1)
+    status = lab.wait_state(2, "MASTER", timeout=5)
+    result = finish_probe(proc, out)
+
+    assert "silent" in status["node"]["last_transition"]["reason"]
+    assert lab.holds_block(2)
+    gap = outage(result, killed_at)
+    assert gap.first_after > killed_at, "no reply after the failure"
+    # Every reply after the outage came from fw2 only, for addresses across the block.
+    assert gap.macs_after == (fw2_mac,)
+    answered = {result["sent"][seq][2] for seq, t, _ in result["replies"] if t > gap.first_after}
+    assert len(answered) == len(result["targets"])
+
+
+def test_agent_crash_peer_takes_over_and_restarted_agent_cleans_up(lab):
+    start_pair(lab)
+    lab.kill_agent(1, signal.SIGKILL)
+    lab.wait_state(2, "MASTER", timeout=5)
+    # The crashed agent's routes are still in fw1's kernel: both nodes would answer.
+    assert holders(lab) == [1, 2]
+    lab.start_agent(1)
+    status = lab.wait_state(1, "BACKUP", timeout=5)
+    assert status["leftovers_removed"]["applied"] >= 1
+    assert holders(lab) == [2]
+    time.sleep(1.0)
+    assert holders(lab) == [2]
+    assert lab.state(1) == "BACKUP" and lab.state(2) == "MASTER"
+
+
+def test_graceful_stop_hands_over_without_dead_interval(lab):
+    start_pair(lab)
+    lab.kill_agent(1, signal.SIGTERM)
+    status = lab.wait_state(2, "MASTER", timeout=5)
+    assert status["node"]["last_transition"]["reason"].startswith("resign")
+    assert holders(lab) == [2]
+
+
+def test_agentctl_failover_hands_over(lab):
+    start_pair(lab)
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "-s", lab.socket_path(1), "failover"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    status = lab.wait_state(2, "MASTER", timeout=5)
+    assert status["node"]["last_transition"]["reason"].startswith("resign")
+    lab.wait_state(1, "BACKUP", timeout=2)
+    assert holders(lab) == [2]
+
+
+def test_restart_with_preempt_off_does_not_flap(lab):
+    start_pair(lab)
+    lab.kill_agent(1, signal.SIGTERM)
+    lab.wait_state(2, "MASTER", timeout=5)
+    lab.start_agent(1, lab.write_config(1, preempt=False))
+    lab.wait_state(1, "BACKUP", timeout=5)
+    time.sleep(1.0)
+    assert lab.state(1) == "BACKUP" and lab.state(2) == "MASTER"
+    assert [t["new"] for t in lab.status(2)["transitions"]] == ["BACKUP", "MASTER"]
+
+
+def test_restart_with_preempt_on_takes_back_after_delay(lab):
+    start_pair(lab)
+    lab.kill_agent(1, signal.SIGTERM)
+    lab.wait_state(2, "MASTER", timeout=5)
+    lab.start_agent(1, lab.write_config(1, preempt=True, preempt_delay=0.5))
+    backup = lab.wait_state(1, "BACKUP", timeout=5)
+    master = lab.wait_state(1, "MASTER", timeout=5)
+    lab.wait_state(2, "BACKUP", timeout=2)
+    took = master["transitions"][-1]
+    assert "preempt" in took["reason"]
+    assert took["at"] - backup["transitions"][-1]["at"] >= 0.5
+    assert holders(lab) == [1]
+
+
+def test_wrong_key_frames_are_counted_and_ignored(lab):
+    lab.start_agent(1)
+    lab.wait_state(1, "MASTER")
+    lab.start_agent(2, lab.write_config(2, key_hex="00" * 16))
+    time.sleep(1.0)
+    status = lab.status(1)
+    assert status["node"]["drops"].get("auth", 0) > 0
+    assert status["node"]["state"]["name"] == "MASTER"
+    assert status["node"]["peers"] == []
+
+
+def test_one_of_two_heartbeat_links_cut_does_not_fail_over(lab):
+    start_pair(lab)
+    lab.exec("fw1", ["ip", "link", "set", "hb0", "down"])
+    time.sleep(1.0)
+    assert lab.state(1) == "MASTER" and lab.state(2) == "BACKUP"
+    peer = lab.status(2)["node"]["peers"][0]
+    assert peer["links"] == ["hb1"]
+    assert holders(lab) == [1]
+
+
+def test_block_link_down_is_a_fault_and_the_peer_takes_over(lab):
+    start_pair(lab)
+    lab.exec("fw1", ["ip", "link", "set", "ext0", "down"])
+    status = lab.wait_state(1, "FAULT", timeout=3)
+    assert "ext0" in status["node"]["last_transition"]["reason"]
+    lab.wait_state(2, "MASTER", timeout=3)
+    assert holders(lab) == [2]
+    lab.exec("fw1", ["ip", "link", "set", "ext0", "up"])
+    lab.wait_state(1, "BACKUP", timeout=3)
+    assert lab.state(2) == "MASTER"
