@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.cli import request
+from agent.dataplane.addresses import DPAGENT_PROTO
 
 BLOCK_V4 = "198.18.0.0/16"
 BLOCK_V6 = "2001:db8:1::/116"
@@ -163,12 +164,13 @@ class Lab:
 
     def write_config(self, node: int, *, priority: int | None = None, preempt: bool = False,
                      preempt_delay: float = 0.0, advert_interval: float = 0.05,
-                     key_hex: str = KEY_HEX, block_v6: bool = False,
+                     key_hex: str = KEY_HEX, block: str = BLOCK_V4, block_v6: bool = False,
                      announce: str = "") -> Path:
+        """An agent configuration for fw<node>; `announce` is extra TOML for the block."""
         key = self.dir / f"fw{node}.key"
         key.write_text(f"1 {key_hex}\n")
         key.chmod(0o600)
-        prefixes = [f'"{BLOCK_V4}"'] + ([f'"{BLOCK_V6}"'] if block_v6 else [])
+        prefixes = [f'"{block}"'] + ([f'"{BLOCK_V6}"'] if block_v6 else [])
         path = self.dir / f"fw{node}.toml"
         path.write_text(f"""\
 [node]
@@ -242,9 +244,9 @@ prefixes = [{", ".join(prefixes)}]
         raise TimeoutError(f"fw{node} does not follow master fw{master} within {timeout} s")
 
     def holds_block(self, node: int) -> bool:
-        """True if the kernel of fw<node> has the block's AnyIP route, whatever the agent says."""
-        out = self.exec(f"fw{node}", ["ip", "route", "show", "table", "local", BLOCK_V4]).stdout
-        return "local" in out
+        """True if the kernel of fw<node> has any AnyIP route of dpagent's, whatever the agent says."""
+        out = self.exec(f"fw{node}", ["ip", "route", "show", "table", "local", "proto", str(DPAGENT_PROTO)]).stdout
+        return bool(out.strip())
 
     def links(self, node: int, up: bool) -> None:
         verb = "up" if up else "down"

@@ -219,6 +219,10 @@ class Node:
             self._next_advert = following if following > now else now + self._config.advert_interval
         self._evaluate(now)
 
+    def set_keys(self, keys: KeyRing) -> None:
+        """Key rotation on reload: frames are sent with the new first key from now on."""
+        self._keys = keys
+
     def get_timer(self) -> float | None:
         if self._state is State.INIT:
             return None

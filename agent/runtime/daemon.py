@@ -195,6 +195,8 @@ class Daemon:
                 self._jobs.task_done()
 
     async def _take(self, job: _Job) -> None:
+        """Per block: make it local, then announce it, so a small block is not kept
+        waiting behind a big one."""
         for block in job.blocks:
             # The node may have left MASTER while earlier work ran: then skip the rest.
             if self.node.state is not State.MASTER:
@@ -205,7 +207,6 @@ class Daemon:
                 step.ok = not result.errors and result.problem is None
                 self.block_results[block.name] = result.as_dict()
             self.held[block.name] = True
-        for block in job.blocks:
             if self.node.state is not State.MASTER:
                 return
             with StepTimer(job.transition, f"announce:{block.name}") as step:

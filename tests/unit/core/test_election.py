@@ -341,3 +341,14 @@ def test_datagrams_before_start_are_ignored():
     node.receive_datagram(encode(Frame(FrameType.ADVERT, 2, State.MASTER, 9, 50_000, 1, 1), keys),
                           "hb0", 0.0)
     assert node.get_timer() is None and node.actions() == []
+
+
+def test_set_keys_rotates_the_sending_key():
+    old, new = KeyRing(((1, b"a" * 16),)), KeyRing(((2, b"b" * 16), (1, b"a" * 16)))
+    node = Node(ElectionConfig(node_id=1, priority=100), old, epoch=1)
+    node.start(0.0)
+    node.actions()
+    node.set_keys(new)
+    node.handle_timer(node.get_timer())
+    frames = [a.data for a in node.actions() if isinstance(a, SendFrame)]
+    assert frames and decode(frames[-1], KeyRing(((2, b"b" * 16),))).node_id == 1
