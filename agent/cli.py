@@ -74,7 +74,7 @@ def render_status(status: dict) -> str:
         when = time.strftime("%H:%M:%S", time.localtime(item["at"])) + f".{int(item['at'] * 1000) % 1000:03d}"
         lines.append(f"  {when} {item['old']} -> {item['new']}: {item['reason']}")
         for step in item["steps"]:
-            mark = "" if step["ok"] else "  FAILED"
+            mark = "  running" if not step.get("done", True) else "" if step["ok"] else "  FAILED"
             lines.append(f"      {step['name']:<12} {step['seconds'] * 1000:9.3f} ms{mark}")
     return "\n".join(lines)
 

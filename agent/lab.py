@@ -170,7 +170,13 @@ class Lab:
         key = self.dir / f"fw{node}.key"
         key.write_text(f"1 {key_hex}\n")
         key.chmod(0o600)
-        prefixes = [f'"{block}"'] + ([f'"{BLOCK_V6}"'] if block_v6 else [])
+        v6_block = f"""
+[[block]]
+name = "ext6"
+interface = "ext0"
+prefixes = ["{BLOCK_V6}"]
+{announce}
+""" if block_v6 else ""
         path = self.dir / f"fw{node}.toml"
         path.write_text(f"""\
 [node]
@@ -200,9 +206,9 @@ port = {HB_PORT}
 [[block]]
 name = "ext"
 interface = "ext0"
-prefixes = [{", ".join(prefixes)}]
+prefixes = ["{block}"]
 {announce}
-""")
+{v6_block}""")
         return path
 
     def start_agent(self, node: int, config: Path | None = None, *, log: Path | None = None) -> subprocess.Popen:
@@ -289,3 +295,74 @@ prefixes = [{", ".join(prefixes)}]
             Path(path).write_text(value)
         self._neigh_restore.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.1f} ms"
+
+
+def demo(probe_count: int = 64) -> int:
+    """`make run`: two agents hold 198.18.0.0/16, the master dies, the timeline is printed."""
+    from agent.cli import render_status
+    from agent.labprobe import outage
+
+    def on_term(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    with Lab() as lab:
+        print(f"lab {lab.prefix}: client, fw1, fw2, server; block {BLOCK_V4} on-link for the client")
+        lab.start_agent(1)
+        lab.wait_state(1, "MASTER")
+        lab.start_agent(2)
+        lab.wait_master_seen(2, 1)
+        print("\n== fw1 (agentctl status) ==")
+        print(render_status(lab.status(1)))
+        out = lab.dir / "probe.json"
+        probe = lab.spawn("client", [sys.executable, "-m", "agent.labprobe", "--block", BLOCK_V4,
+                                     "--count", str(probe_count), "--duration", "4", "--out", str(out)],
+                          stdout=subprocess.PIPE, text=True)
+        probe.stdout.readline()
+        print(f"\nprobing {probe_count} addresses across {BLOCK_V4} every 1 ms from the client")
+        time.sleep(1.0)
+        killed = lab.kill_node(1)
+        print("fw1: agent SIGKILLed and its links set down")
+        lab.wait_state(2, "MASTER", timeout=5)
+        probe.wait(timeout=30)
+        result = json.loads(out.read_text())
+        status = lab.status(2)
+        took = status["transitions"][-1]
+        gap = outage(result, killed)
+        fw2_mac = lab.mac("fw2", "ext0")
+        print("\n== timeline (t = 0 at the kill) ==")
+        print(f"{_ms(gap.last_before - killed)}  last reply before the failure")
+        print(f"{_ms(took['at'] - killed)}  fw2 {took['old']} -> {took['new']}: {took['reason']}")
+        offset = took["at"] - killed
+        for step in took["steps"]:
+            at = step["started"] - killed
+            print(f"{_ms(at)}  step {step['name']:<14} took {step['seconds'] * 1000:.1f} ms"
+                  f"{'' if step['ok'] else ' (FAILED)'}")
+            offset = max(offset, at + step["seconds"])
+        print(f"{_ms(gap.first_after - killed)}  first reply after the failure")
+        print(f"\noutage {gap.seconds * 1000:.1f} ms; {gap.lost} probes lost; replies after it came from "
+              + ", ".join("fw2" if m == fw2_mac else m for m in gap.macs_after))
+        print("\n== fw2 (agentctl status) ==")
+        print(render_status(status))
+    print(f"\nlab {lab.prefix} removed")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent.lab", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["demo"])
+    parser.add_argument("--probe-count", type=int, default=64)
+    args = parser.parse_args(argv)
+    try:
+        return demo(args.probe_count)
+    except KeyboardInterrupt:
+        print("interrupted; lab removed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

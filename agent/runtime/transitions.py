@@ -18,6 +18,7 @@ class Step:
     name: str
     started: float
     seconds: float = 0.0
+    done: bool = False
     ok: bool = True
     detail: dict = field(default_factory=dict)
 
@@ -26,6 +27,7 @@ class Step:
             "name": self.name,
             "started": self.started,
             "seconds": round(self.seconds, 6),
+            "done": self.done,
             "ok": self.ok,
             "detail": self.detail,
         }
@@ -63,6 +65,7 @@ class StepTimer:
 
     def __exit__(self, kind, exc, tb) -> bool:
         self._step.seconds = time.perf_counter() - self._t0
+        self._step.done = True
         if exc is not None:
             self._step.ok = False
             self._step.detail["error"] = f"{kind.__name__}: {exc}"

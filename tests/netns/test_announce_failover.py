@@ -1,0 +1,93 @@
+"""After a node death, the neighbours' caches point at the new master before they send anything.
+
+The client resolves thousands of block addresses (IPv4 and IPv6) so that its
+neighbour cache holds fw1's MAC for each; fw1 dies; the takeover's announcement
+round alone must move every one of those entries to fw2's MAC.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+import time
+
+import pytest
+
+from agent.lab import BLOCK_V4, BLOCK_V6, Lab
+
+RESOLVED_V4 = 4096
+RESOLVED_V6 = 4096
+
+RESOLVE = """
+import socket, sys
+v4, v6 = sys.argv[1].split(","), sys.argv[2].split(",")
+s4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+for a in v4:
+    s4.sendto(b"x", (a, 9))
+for a in v6:
+    s6.sendto(b"x", (a, 9))
+"""
+
+
+@pytest.fixture
+def lab():
+    with Lab() as built:
+        yield built
+
+
+def spread(block: str, count: int) -> list[str]:
+    net = ipaddress.ip_network(block)
+    step = net.num_addresses // count
+    return [str(net.network_address + i * step) for i in range(count)]
+
+
+def neighbours(lab: Lab) -> dict[str, str | None]:
+    out = lab.exec("client", ["ip", "-j", "neigh", "show", "dev", "ext0"]).stdout
+    return {entry["dst"]: entry.get("lladdr") for entry in json.loads(out)}
+
+
+def wait_resolved(lab: Lab, wanted: list[str], mac: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cache = neighbours(lab)
+        if all(cache.get(a) == mac for a in wanted):
+            return
+        time.sleep(0.2)
+    missing = [a for a in wanted if cache.get(a) != mac]
+    raise AssertionError(f"{len(missing)} of {len(wanted)} not resolved to {mac}, e.g. {missing[:3]}")
+
+
+def test_neighbour_caches_follow_the_block_to_the_new_master(lab):
+    lab.start_agent(1, lab.write_config(1, block_v6=True))
+    lab.wait_state(1, "MASTER")
+    lab.start_agent(2, lab.write_config(2, block_v6=True))
+    lab.wait_master_seen(2, 1)
+    # fw1 takes the IPv6 block after the IPv4 one: wait until both are held.
+    deadline = time.monotonic() + 30
+    while not all(b["held"] for b in lab.status(1)["blocks"]):
+        assert time.monotonic() < deadline, "fw1 never held both blocks"
+        time.sleep(0.1)
+    fw1_mac, fw2_mac = lab.mac("fw1", "ext0"), lab.mac("fw2", "ext0")
+
+    v4 = spread(BLOCK_V4, RESOLVED_V4)
+    v6 = spread(BLOCK_V6, RESOLVED_V6)
+    lab.exec("client", [sys.executable, "-c", RESOLVE, ",".join(v4), ",".join(v6)])
+    wait_resolved(lab, v4 + v6, fw1_mac)
+
+    lab.kill_node(1)
+    lab.wait_state(2, "MASTER", timeout=5)
+    deadline = time.monotonic() + 60
+    while True:
+        steps = {s["name"]: s for s in lab.status(2)["transitions"][-1]["steps"]}
+        if steps.get("announce:ext6", {}).get("done"):
+            break
+        assert time.monotonic() < deadline, f"announcement not finished: {sorted(steps)}"
+        time.sleep(0.1)
+
+    assert steps["announce:ext"]["ok"] and steps["announce:ext"]["detail"]["frames_sent"] == 65536
+    assert steps["announce:ext6"]["ok"] and steps["announce:ext6"]["detail"]["frames_sent"] == 4096
+    cache = neighbours(lab)
+    stale = [a for a in v4 + v6 if cache.get(a) != fw2_mac]
+    assert stale == [], f"{len(stale)} entries still elsewhere, e.g. {stale[:3]}"
