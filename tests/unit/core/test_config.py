@@ -250,7 +250,7 @@ def with_change(where: str, key: str, value: object) -> dict:
     ("block.0", "prefixes", ["198.18.0.1/16"],
      'block[0].prefixes[0] = "198.18.0.1/16": has host bits set (did you mean 198.18.0.0/16?)'),
     ("block.0", "prefixes", ["2001:db8::/64"],
-     'block[0].prefixes[0] = "2001:db8::/64": an IPv6 prefix must be /112 or longer (at most 65,536 addresses)'),
+     'block[0].prefixes[0] = "2001:db8::/64": an IPv6 prefix must be /116 or longer (at most 4,096 addresses)'),
     ("block.0", "prefixes", ["10.0.0.0/7"], 'block[0].prefixes[0] = "10.0.0.0/7": an IPv4 prefix must be /8 or longer'),
     ("block.0", "prefixes", ["198.18.0.0"], 'block[0].prefixes[0] = "198.18.0.0": not an IP prefix (ADDRESS/LENGTH)'),
     ("block.0.announce", "arp_mode", "both", 'block[0].announce.arp_mode = "both": must be "request" or "reply"'),
@@ -310,14 +310,14 @@ def test_overlapping_blocks(workdir: Path) -> None:
     (workdir / "b.addr").write_text("198.51.100.1\n203.0.113.5\n")
     document = minimal()
     document["block"] = [
-        {"name": "a", "interface": "eth1", "prefixes": ["198.18.0.0/16", "2001:db8::/112"],
+        {"name": "a", "interface": "eth1", "prefixes": ["198.18.0.0/16", "2001:db8::/116"],
          "addresses": ["198.51.100.1"]},
         {"name": "b", "interface": "eth1", "prefixes": ["198.18.7.0/24", "2001:db8::100/120"],
          "addresses": ["198.18.200.1"], "address_files": ["b.addr"]},
     ]
     assert [line.replace(str(workdir), "DIR") for line in error_lines(workdir, document)] == [
         'DIR/dpagent.toml: block[1].prefixes[0] = "198.18.7.0/24": overlaps 198.18.0.0/16 of block "a" (block[0].prefixes[0])',
-        'DIR/dpagent.toml: block[1].prefixes[1] = "2001:db8::100/120": overlaps 2001:db8::/112 of block "a" (block[0].prefixes[1])',
+        'DIR/dpagent.toml: block[1].prefixes[1] = "2001:db8::100/120": overlaps 2001:db8::/116 of block "a" (block[0].prefixes[1])',
         'DIR/dpagent.toml: block[1].addresses[0] = "198.18.200.1": inside 198.18.0.0/16 of block "a" (block[0].prefixes[0])',
         'DIR/dpagent.toml: block[1].address_files[0] = "198.51.100.1": DIR/b.addr:1: also in block "a" (block[0].addresses[0])',
     ]
