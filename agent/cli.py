@@ -72,7 +72,9 @@ def render_status(status: dict) -> str:
     lines.append("recent transitions:")
     for item in status.get("transitions", [])[-8:]:
         when = time.strftime("%H:%M:%S", time.localtime(item["at"])) + f".{int(item['at'] * 1000) % 1000:03d}"
-        lines.append(f"  {when} {item['old']} -> {item['new']}: {item['reason']}")
+        gap = item.get("max_advert_gap_s")
+        lines.append(f"  {when} {item['old']} -> {item['new']}: {item['reason']}"
+                     + (f"  (worst advert gap {gap * 1000:.1f} ms)" if gap else ""))
         for step in item["steps"]:
             mark = "  running" if not step.get("done", True) else "" if step["ok"] else "  FAILED"
             lines.append(f"      {step['name']:<12} {step['seconds'] * 1000:9.3f} ms{mark}")

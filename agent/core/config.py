@@ -19,12 +19,11 @@ import os
 import re
 import socket
 import stat
-import sys
 import tomllib
-from array import array
-from bisect import bisect_left
 from dataclasses import dataclass
 from pathlib import Path
+
+from agent.core.packing import pack_addresses
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -123,11 +122,11 @@ class Block:
 
     def packed_v4(self) -> bytes:
         """Every IPv4 address of the block, ascending, 4 bytes each in network order."""
-        return _pack_block(self, 4)
+        return pack_addresses(self.prefixes, self.addresses, 4)
 
     def packed_v6(self) -> bytes:
         """Every IPv6 address of the block, ascending, 16 bytes each in network order."""
-        return _pack_block(self, 6)
+        return pack_addresses(self.prefixes, self.addresses, 6)
 
 
 @dataclass(frozen=True)
@@ -709,53 +708,6 @@ def _key_line(line: str, keys: list[tuple[int, bytes]]) -> str:
         return f"secret must be at least {MIN_SECRET_BYTES * 2} hex digits ({MIN_SECRET_BYTES} bytes)"
     keys.append((key_id, secret))
     return ""
-
-
-# --- packing -----------------------------------------------------------------------------
-
-
-def _pack_block(block: Block, version: int) -> bytes:
-    """Merge the block's prefixes and loose addresses into one ascending run of packed addresses."""
-    nets = [n for n in block.prefixes if n.version == version]
-    loose = [int(a) for a in block.addresses if a.version == version]
-    pack_ints, pack_range = (_pack_ints_v4, _pack_range_v4) if version == 4 else (_pack_ints_v6, _pack_range_v6)
-    parts = []
-    done = 0
-    for net in nets:
-        start = int(net.network_address)
-        cut = bisect_left(loose, start, done)
-        parts.append(pack_ints(loose[done:cut]))
-        parts.append(pack_range(start, net.num_addresses))
-        done = cut
-    parts.append(pack_ints(loose[done:]))
-    return b"".join(parts)
-
-
-def _pack_ints_v4(values: list[int]) -> bytes:
-    return _big_endian(array("I", values))
-
-
-def _pack_range_v4(start: int, count: int) -> bytes:
-    return _big_endian(array("I", range(start, start + count)))
-
-
-def _pack_ints_v6(values: list[int]) -> bytes:
-    return b"".join(v.to_bytes(16, "big") for v in values)
-
-
-def _pack_range_v6(start: int, count: int) -> bytes:
-    """A /112-or-longer prefix: 14 constant bytes, then a 16-bit counter, written with strided slices."""
-    out = bytearray(((start >> 16).to_bytes(14, "big") + b"\0\0") * count)
-    low = _big_endian(array("H", range(start & 0xFFFF, (start & 0xFFFF) + count)))
-    out[14::16] = low[0::2]
-    out[15::16] = low[1::2]
-    return bytes(out)
-
-
-def _big_endian(values: array) -> bytes:
-    if sys.byteorder == "little":
-        values.byteswap()
-    return values.tobytes()
 
 
 # --- presentation ----------------------------------------------------------------------

@@ -40,6 +40,8 @@ class Transition:
     reason: str
     at: float
     steps: list[Step] = field(default_factory=list)
+    # Worst gap between two heartbeat frames sent while this transition was current.
+    max_advert_gap: float = 0.0
 
     def as_dict(self) -> dict:
         return {
@@ -48,6 +50,7 @@ class Transition:
             "reason": self.reason,
             "at": self.at,
             "steps": [s.as_dict() for s in self.steps],
+            "max_advert_gap_s": round(self.max_advert_gap, 6),
         }
 
 
