@@ -91,3 +91,31 @@ def test_neighbour_caches_follow_the_block_to_the_new_master(lab):
     cache = neighbours(lab)
     stale = [a for a in v4 + v6 if cache.get(a) != fw2_mac]
     assert stale == [], f"{len(stale)} entries still elsewhere, e.g. {stale[:3]}"
+
+
+def rx_packets(lab: Lab) -> int:
+    out = lab.exec("client", ["ip", "-j", "-s", "link", "show", "ext0"]).stdout
+    return json.loads(out)[0]["stats64"]["rx"]["packets"]
+
+
+def test_announcing_stops_at_once_when_the_node_leaves_master(lab):
+    # 5,000 frames/s: the /16 would take 13 s to announce.
+    lab.start_agent(1, lab.write_config(1, announce="[block.announce]\npps = 5000"))
+    lab.wait_state(1, "MASTER")
+    time.sleep(0.5)
+    done = lab.exec("fw1", [sys.executable, "-m", "agent.cli", "-s", lab.socket_path(1), "maintenance", "on"])
+    assert "maintenance on" in done.stdout
+    deadline = time.monotonic() + 2
+    while True:
+        taken = next(t for t in lab.status(1)["transitions"] if t["new"] == "MASTER")
+        step = {s["name"]: s for s in taken["steps"]}["announce:ext"]
+        if step["done"]:
+            break
+        assert time.monotonic() < deadline, "the announcement round did not stop"
+        time.sleep(0.05)
+    assert step["detail"]["cancelled"]
+    assert 0 < step["detail"]["frames_sent"] < 65536 // 2
+    before = rx_packets(lab)
+    time.sleep(0.5)
+    assert rx_packets(lab) - before < 10, "frames still arriving after the node left MASTER"
+    assert lab.state(1) == "MAINTENANCE"
