@@ -159,3 +159,37 @@ def test_block_link_down_is_a_fault_and_the_peer_takes_over(lab):
     lab.exec("fw1", ["ip", "link", "set", "ext0", "up"])
     lab.wait_state(1, "BACKUP", timeout=3)
     assert lab.state(2) == "MASTER"
+
+
+def agentctl(lab: Lab, node: int, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent.cli", "-s", lab.socket_path(node), *args],
+                          capture_output=True, text=True)
+
+
+def test_agentctl_status_json_and_metrics_describe_the_cluster(lab):
+    start_pair(lab)
+    text = agentctl(lab, 1, "status")
+    assert text.returncode == 0, text.stderr
+    assert "state MASTER (2)" in text.stdout
+    assert "node 2      BACKUP" in text.stdout and "via hb0,hb1" in text.stdout
+    assert "65536 addresses  HELD" in text.stdout
+    assert "take:ext" in text.stdout and "announce:ext" in text.stdout
+
+    status = json.loads(agentctl(lab, 1, "--json", "status").stdout)
+    assert status["node"]["peers"][0]["node_id"] == 2
+    assert status["node"]["peers"][0]["age_s"] < 1.0
+    assert status["blocks"][0]["held"] is True
+
+    metrics = agentctl(lab, 1, "metrics").stdout.splitlines()
+    samples = dict(line.rsplit(" ", 1) for line in metrics if not line.startswith("#"))
+    assert samples["dpagent_state"] == "2"
+    assert samples['dpagent_block_held{block="ext"}'] == "1"
+    assert samples['dpagent_block_addresses{block="ext"}'] == "65536"
+    assert 'dpagent_peer_last_frame_age_seconds{peer="2"}' in samples
+    assert float(samples["dpagent_heartbeat_frames_sent_total"]) > 0
+
+    unreachable = subprocess.run([sys.executable, "-m", "agent.cli", "-s", str(lab.dir / "nothing.sock"), "status"],
+                                 capture_output=True, text=True)
+    assert unreachable.returncode == 3
+    refused = agentctl(lab, 2, "failover")
+    assert refused.returncode == 1 and "not master" in refused.stderr
