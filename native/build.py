@@ -20,7 +20,7 @@ NATIVE = Path(__file__).resolve().parent
 ROOT = NATIVE.parent
 BUILD = NATIVE / "build"
 PACKAGE = ROOT / "agent" / "_native"
-CFLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11"]
+CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-std=gnu11"]
 
 # cffi's cdef understands `#define NAME <integer>` but no other preprocessor line.
 _INT_DEFINE = re.compile(r"^#define\s+\w+\s+\(?-?(0x[0-9a-fA-F]+|\d+)\)?\s*$")

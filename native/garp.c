@@ -2,19 +2,31 @@
 /* Batched gratuitous ARP / unsolicited neighbour advertisement sender.
  *
  * One AF_PACKET socket per interface. A round builds one frame template,
- * copies it into GARP_BATCH slots, then for every batch patches only the
- * bytes that change per address (and the ICMPv6 checksum, incrementally)
- * and hands the whole batch to one sendmmsg(). The cancel flag is polled
- * before every batch and while pacing, so a node leaving MASTER stops at
- * once. Errors are counted per errno, never fatal to the caller.
+ * then for every batch writes it with only the bytes that change per
+ * address patched (and the ICMPv6 checksum, incrementally) and hands the
+ * whole batch to the kernel at once. The cancel flag is polled before every
+ * batch and while pacing, so a node leaving MASTER stops at once. Errors
+ * are counted per errno, never fatal to the caller.
+ *
+ * The batch goes through a PACKET_TX_RING (TPACKET_V2) when the kernel
+ * allows it: frames are written into the mmap'ed ring and one send()
+ * flushes them all, with no msghdr/iovec copy-in per frame. Every slot
+ * starts with a virtio_net_hdr (PACKET_VNET_HDR) whose hdr_len covers the
+ * whole frame, so the kernel copies it into a linear skb instead of
+ * attaching the ring page as a fragment: a fragment of user memory must be
+ * copied again (skb_copy_ubufs, a page per frame) as soon as the frame
+ * crosses into another namespace or is looped back to a packet tap.
+ * Without a ring, sendmmsg() over GARP_BATCH prebuilt messages is used.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <net/if.h>
 #include <linux/if_packet.h>
+#include <linux/virtio_net.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -48,9 +60,37 @@
 /* First ENOBUFS back-off; doubled per retry up to 64 times this. */
 #define GARP_BACKOFF_NS 50000ULL
 
+/* TX ring geometry: TPACKET_V2 header, virtio_net_hdr, then the frame. */
+#define GARP_RING_FRAME 128
+#define GARP_RING_BLOCK 65536
+#define GARP_RING_DATA (TPACKET2_HDRLEN - sizeof(struct sockaddr_ll))
+#define GARP_VNET_LEN sizeof(struct virtio_net_hdr)
+/* How long a slot may stay with the kernel (frame still queued) before the round gives up. */
+#define GARP_SLOT_WAIT_NS 1000000000ULL
+/* Poll interval while waiting for a slot. */
+#define GARP_SLOT_POLL_NS 20000ULL
+
+_Static_assert(GARP_RING_DATA + GARP_VNET_LEN + GARP_FRAME_MAX <= GARP_RING_FRAME,
+	       "a ring slot holds header, vnet header and the largest frame");
+_Static_assert(GARP_RING_FRAMES % (GARP_RING_BLOCK / GARP_RING_FRAME) == 0,
+	       "the ring is whole blocks");
+
+/* The fixed part of one round: frame kind, length and template. */
+struct garp_round {
+	const uint8_t *tmpl;
+	uint64_t base;
+	unsigned int flen;
+	unsigned int alen;
+	uint8_t kind;
+};
+
 struct garp_sender {
 	int fd;
 	int bound_ifindex;
+	/* TX ring, or NULL when sending with sendmmsg(). */
+	uint8_t *ring;
+	/* Next slot to fill; equals the kernel's send head whenever no slot is pending. */
+	unsigned int head;
 	struct iovec iov[GARP_BATCH];
 	struct mmsghdr msgs[GARP_BATCH];
 	uint8_t frames[GARP_BATCH][GARP_FRAME_MAX];
@@ -100,10 +140,55 @@ static uint16_t csum_fold(uint64_t sum)
 	return (uint16_t)~sum;
 }
 
-struct garp_sender *garp_sender_new(int32_t *err)
+/* A send-only packet socket with a big send buffer, or -errno. */
+static int open_socket(void)
+{
+	int sndbuf = GARP_SNDBUF;
+	int fd;
+
+	/* Protocol 0: this socket sends only and never queues received frames. */
+	fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	/* A big send buffer; FORCE needs CAP_NET_ADMIN, plain SO_SNDBUF is capped by wmem_max. */
+	if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)))
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+	return fd;
+}
+
+/* Sets up and maps the TX ring; returns 0 or -errno (the socket is then unusable for sendmmsg). */
+static int ring_setup(struct garp_sender *s)
+{
+	struct tpacket_req req = {
+		.tp_block_size = GARP_RING_BLOCK,
+		.tp_block_nr = GARP_RING_FRAMES / (GARP_RING_BLOCK / GARP_RING_FRAME),
+		.tp_frame_size = GARP_RING_FRAME,
+		.tp_frame_nr = GARP_RING_FRAMES,
+	};
+	int one = 1, version = TPACKET_V2;
+	void *ring;
+
+	/* A vnet header per slot lets the frame be copied whole into the skb (see top). */
+	if (setsockopt(s->fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof(one)))
+		return -errno;
+	if (setsockopt(s->fd, SOL_PACKET, PACKET_VERSION, &version, sizeof(version)))
+		return -errno;
+	/* A malformed slot (longer than the MTU) is skipped rather than blocking the ring head. */
+	if (setsockopt(s->fd, SOL_PACKET, PACKET_LOSS, &one, sizeof(one)))
+		return -errno;
+	if (setsockopt(s->fd, SOL_PACKET, PACKET_TX_RING, &req, sizeof(req)))
+		return -errno;
+	ring = mmap(NULL, (size_t)GARP_RING_FRAMES * GARP_RING_FRAME, PROT_READ | PROT_WRITE,
+		    MAP_SHARED | MAP_POPULATE, s->fd, 0);
+	if (ring == MAP_FAILED)
+		return -errno;
+	s->ring = ring;
+	return 0;
+}
+
+struct garp_sender *garp_sender_new(uint32_t flags, int32_t *err)
 {
 	struct garp_sender *s;
-	int sndbuf = GARP_SNDBUF;
 	int i;
 
 	s = calloc(1, sizeof(*s));
@@ -111,16 +196,22 @@ struct garp_sender *garp_sender_new(int32_t *err)
 		*err = -ENOMEM;
 		return NULL;
 	}
-	/* Protocol 0: this socket sends only and never queues received frames. */
-	s->fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+	s->fd = open_socket();
 	if (s->fd < 0) {
-		*err = -errno;
+		*err = s->fd;
 		free(s);
 		return NULL;
 	}
-	/* A big send buffer; FORCE needs CAP_NET_ADMIN, plain SO_SNDBUF is capped by wmem_max. */
-	if (setsockopt(s->fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)))
-		setsockopt(s->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+	/* The ring if possible; a socket that refused it half way is replaced by a fresh one. */
+	if (!(flags & GARP_F_NO_RING) && ring_setup(s)) {
+		close(s->fd);
+		s->fd = open_socket();
+		if (s->fd < 0) {
+			*err = s->fd;
+			free(s);
+			return NULL;
+		}
+	}
 	/* Wire every message to its frame slot once; only lengths change per round. */
 	for (i = 0; i < GARP_BATCH; i++) {
 		s->iov[i].iov_base = s->frames[i];
@@ -135,8 +226,15 @@ void garp_sender_free(struct garp_sender *s)
 {
 	if (!s)
 		return;
+	if (s->ring)
+		munmap(s->ring, (size_t)GARP_RING_FRAMES * GARP_RING_FRAME);
 	close(s->fd);
 	free(s);
+}
+
+int garp_sender_uses_ring(const struct garp_sender *s)
+{
+	return s->ring != NULL;
 }
 
 int garp_ifinfo(struct garp_sender *s, const char *ifname, struct garp_ifinfo *out)
@@ -290,6 +388,138 @@ static int send_batch(struct garp_sender *s, unsigned int n, const volatile int3
 	return 0;
 }
 
+static volatile struct tpacket2_hdr *ring_slot(struct garp_sender *s, unsigned int i)
+{
+	return (volatile struct tpacket2_hdr *)(s->ring + (size_t)(i % GARP_RING_FRAMES) * GARP_RING_FRAME);
+}
+
+static uint32_t slot_status(volatile struct tpacket2_hdr *h)
+{
+	return __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
+}
+
+/* Waits until the kernel hands the slot back; 1 if cancelled, -ETIMEDOUT if it never does. */
+static int wait_slot(volatile struct tpacket2_hdr *h, const volatile int32_t *cancel)
+{
+	uint64_t deadline = 0;
+
+	while (slot_status(h) != TP_STATUS_AVAILABLE) {
+		if (is_cancelled(cancel))
+			return 1;
+		if (!deadline)
+			deadline = now_ns() + GARP_SLOT_WAIT_NS;
+		else if (now_ns() > deadline)
+			return -ETIMEDOUT;
+		sleep_ns(GARP_SLOT_POLL_NS);
+	}
+	return 0;
+}
+
+/* Writes one frame into a free slot and passes the slot to the kernel. */
+static void ring_fill(struct garp_sender *s, unsigned int i, const struct garp_round *r, const uint8_t *addr)
+{
+	volatile struct tpacket2_hdr *h = ring_slot(s, i);
+	uint8_t *data = (uint8_t *)h + GARP_RING_DATA;
+	struct virtio_net_hdr vnet = { .hdr_len = r->flen };
+
+	/* hdr_len = the whole frame: copied into the skb, never referenced in the ring. */
+	memcpy(data, &vnet, sizeof(vnet));
+	data += GARP_VNET_LEN;
+	memcpy(data, r->tmpl, r->flen);
+	if (r->kind == GARP_KIND_NA)
+		patch_na(data, addr, r->base);
+	else
+		patch_arp(data, addr);
+	h->tp_len = GARP_VNET_LEN + r->flen;
+	__atomic_store_n(&h->tp_status, TP_STATUS_SEND_REQUEST, __ATOMIC_RELEASE);
+}
+
+/* Moves head over the slots the kernel has taken (sent or skipped), at most n; returns how many. */
+static unsigned int ring_advance(struct garp_sender *s, unsigned int n)
+{
+	unsigned int k;
+
+	for (k = 0; k < n && slot_status(ring_slot(s, s->head)) != TP_STATUS_SEND_REQUEST; k++)
+		s->head = (s->head + 1) % GARP_RING_FRAMES;
+	return k;
+}
+
+/* Takes back slots the kernel has not sent, so the next round starts at the kernel's head. */
+static void ring_abandon(struct garp_sender *s, unsigned int n)
+{
+	unsigned int i;
+
+	for (i = 0; i < n; i++)
+		__atomic_store_n(&ring_slot(s, s->head + i)->tp_status, TP_STATUS_AVAILABLE, __ATOMIC_RELEASE);
+}
+
+/* Flushes n filled slots with send(); returns 0 or the -errno that must end the round. */
+static int ring_flush(struct garp_sender *s, const struct garp_round *r, unsigned int n,
+		      const volatile int32_t *cancel, struct garp_result *res)
+{
+	unsigned int left = n, retries = 0, k, skipped;
+	ssize_t sent;
+	int e;
+
+	while (left) {
+		/* One call sends every queued slot; MSG_DONTWAIT: never wait for the device to free them. */
+		sent = send(s->fd, NULL, 0, MSG_DONTWAIT);
+		e = sent < 0 ? errno : 0;
+		k = ring_advance(s, left);
+		left -= k;
+		/* On success the kernel returns the bytes of the frames it sent; slots it skipped are the rest. */
+		skipped = sent >= 0 && k * r->flen > sent ? (k * r->flen - sent) / r->flen : 0;
+		res->frames_sent += k - skipped;
+		while (skipped--)
+			count_error(res, EMSGSIZE);
+		if (k)
+			retries = 0;
+		if (!e && k)
+			continue;
+		/* Success without progress: the ring is out of step with the kernel. */
+		if (!e)
+			e = EIO;
+		if (e == EINTR)
+			continue;
+		count_error(res, e);
+		if (is_fatal(e) || e == EIO)
+			goto abandon;
+		/* A full queue (or any other refusal, since a slot cannot be skipped): back off, retry a bounded number of times. */
+		if (++retries > GARP_MAX_RETRIES)
+			goto abandon;
+		if (is_cancelled(cancel)) {
+			e = 0;
+			goto abandon;
+		}
+		sleep_ns(GARP_BACKOFF_NS << (retries < 6 ? retries : 6));
+	}
+	return 0;
+abandon:
+	ring_abandon(s, left);
+	return -e;
+}
+
+/* Writes n frames into the ring and flushes them; returns 0 or the -errno that must end the round. */
+static int ring_batch(struct garp_sender *s, const struct garp_round *r, const uint8_t *addrs,
+		      unsigned int n, const volatile int32_t *cancel, struct garp_result *res)
+{
+	unsigned int i;
+	int w;
+
+	for (i = 0; i < n; i++) {
+		/* A slot may still be with the kernel if the device has not freed its frame yet. */
+		w = wait_slot(ring_slot(s, s->head + i), cancel);
+		if (w) {
+			if (w < 0)
+				count_error(res, -w);
+			ring_abandon(s, i);
+			return w < 0 ? w : 0;
+		}
+		ring_fill(s, s->head + i, r, addrs + (size_t)i * r->alen);
+	}
+	return ring_flush(s, r, n, cancel, res);
+}
+
 /* Sleeps until the deadline in slices; returns 1 if cancelled meanwhile. */
 static int wait_until(uint64_t deadline, const volatile int32_t *cancel)
 {
@@ -307,8 +537,9 @@ int garp_send(struct garp_sender *s, const struct garp_params *p,
 	      const uint8_t *addrs, uint32_t count,
 	      const volatile int32_t *cancel, struct garp_result *res)
 {
-	unsigned int alen, flen, burst, n, i;
-	uint64_t t0, base = 0;
+	struct garp_round r = { .tmpl = s->frames[0], .kind = p->kind };
+	unsigned int batch, burst, n, i;
+	uint64_t t0;
 	uint32_t done = 0;
 	int status = 0;
 
@@ -318,29 +549,30 @@ int garp_send(struct garp_sender *s, const struct garp_params *p,
 		res->status = -EINVAL;
 		return res->status;
 	}
-	alen = p->kind == GARP_KIND_NA ? 16 : 4;
-	flen = p->kind == GARP_KIND_NA ? NA_FRAME_LEN : ARP_FRAME_LEN;
+	r.alen = p->kind == GARP_KIND_NA ? 16 : 4;
+	r.flen = p->kind == GARP_KIND_NA ? NA_FRAME_LEN : ARP_FRAME_LEN;
 	/* Every message goes to the bound interface; the kernel reads the EtherType from the frame. */
 	status = bind_to(s, p->ifindex);
 	if (status) {
 		count_error(res, -status);
 		goto out;
 	}
-	/* One template, copied into every slot, so a batch patches only addresses. */
+	/* One template; the sendmmsg path copies it into every message slot, so a batch patches only addresses. */
 	if (p->kind == GARP_KIND_NA)
-		base = build_na(s->frames[0], p);
+		r.base = build_na(s->frames[0], p);
 	else
 		build_arp(s->frames[0], p);
-	for (i = 0; i < GARP_BATCH; i++) {
+	for (i = 0; !s->ring && i < GARP_BATCH; i++) {
 		if (i)
-			memcpy(s->frames[i], s->frames[0], flen);
-		s->iov[i].iov_len = flen;
+			memcpy(s->frames[i], s->frames[0], r.flen);
+		s->iov[i].iov_len = r.flen;
 	}
 	/* Token bucket: about 1 ms of tokens per burst, at most one batch. */
-	burst = GARP_BATCH;
+	batch = s->ring ? GARP_RING_FRAMES : GARP_BATCH;
+	burst = batch;
 	if (p->pps) {
 		burst = p->pps / 1000;
-		burst = burst < 1 ? 1 : burst > GARP_BATCH ? GARP_BATCH : burst;
+		burst = burst < 1 ? 1 : burst > batch ? batch : burst;
 	}
 	while (done < count) {
 		if (is_cancelled(cancel)) {
@@ -353,15 +585,19 @@ int garp_send(struct garp_sender *s, const struct garp_params *p,
 			break;
 		}
 		n = count - done < burst ? count - done : burst;
-		for (i = 0; i < n; i++) {
-			const uint8_t *a = addrs + (size_t)(done + i) * alen;
+		if (s->ring) {
+			status = ring_batch(s, &r, addrs + (size_t)done * r.alen, n, cancel, res);
+		} else {
+			for (i = 0; i < n; i++) {
+				const uint8_t *a = addrs + (size_t)(done + i) * r.alen;
 
-			if (p->kind == GARP_KIND_NA)
-				patch_na(s->frames[i], a, base);
-			else
-				patch_arp(s->frames[i], a);
+				if (p->kind == GARP_KIND_NA)
+					patch_na(s->frames[i], a, r.base);
+				else
+					patch_arp(s->frames[i], a);
+			}
+			status = send_batch(s, n, cancel, res);
 		}
-		status = send_batch(s, n, cancel, res);
 		if (status)
 			break;
 		done += n;

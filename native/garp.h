@@ -8,8 +8,12 @@
 
 #include <stdint.h>
 
-/* Frames prepared and handed to one sendmmsg() call. */
+/* Frames prepared and handed to one sendmmsg() call (fallback path). */
 #define GARP_BATCH 1024
+/* Slots of the PACKET_TX_RING; an unpaced round flushes this many per send(). */
+#define GARP_RING_FRAMES 4096
+/* garp_sender_new() flags: never set up the TX ring, always use sendmmsg(). */
+#define GARP_F_NO_RING 1
 /* Per-errno error counters; errno values at or above this land in slot 0. */
 #define GARP_ERRNO_SLOTS 256
 /* Consecutive ENOBUFS/EAGAIN retries of one batch before the round gives up. */
@@ -50,8 +54,9 @@ struct garp_result {
 
 struct garp_sender;
 
-struct garp_sender *garp_sender_new(int32_t *err);
+struct garp_sender *garp_sender_new(uint32_t flags, int32_t *err);
 void garp_sender_free(struct garp_sender *s);
+int garp_sender_uses_ring(const struct garp_sender *s);
 int garp_ifinfo(struct garp_sender *s, const char *ifname, struct garp_ifinfo *out);
 int garp_send(struct garp_sender *s, const struct garp_params *p,
 	      const uint8_t *addrs, uint32_t count,

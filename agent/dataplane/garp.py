@@ -1,8 +1,9 @@
 """Announce address takeovers with the native batched GARP / NA sender.
 
 One round sends one gratuitous ARP per IPv4 address and one unsolicited
-neighbour advertisement per IPv6 address of a target, in sendmmsg batches
-from native/garp.c. A round blocks (cffi releases the GIL): run it in a
+neighbour advertisement per IPv6 address of a target, in batches from
+native/garp.c: through a PACKET_TX_RING flushed by one send() per batch,
+or sendmmsg() where the ring cannot be set up. A round blocks (cffi releases the GIL): run it in a
 worker thread, never on the event loop. It stops within one batch, or one
 pacing slice, of CancelFlag.set(). Repeating rounds is the runtime's job.
 """
@@ -117,11 +118,15 @@ class Sender:
     The interface is resolved (index, MAC, up) at every round through the
     socket, so it follows a MAC change or a re-created interface, and it is
     looked up in the network namespace the Sender was created in.
+    method says how batches go out: "tx-ring" (the default where the kernel
+    allows it) or "sendmmsg" (tx_ring=False, or the ring could not be set up).
     """
 
-    def __init__(self, ifname: str, arp_mode: ArpMode = ArpMode.REQUEST, na_router: bool = False) -> None:
+    def __init__(
+        self, ifname: str, arp_mode: ArpMode = ArpMode.REQUEST, na_router: bool = False, *, tx_ring: bool = True
+    ) -> None:
         err = ffi.new("int32_t *")
-        handle = lib.garp_sender_new(err)
+        handle = lib.garp_sender_new(0 if tx_ring else lib.GARP_F_NO_RING, err)
         if handle == ffi.NULL:
             raise OSError(-err[0], f"garp sender socket: {os.strerror(-err[0])}")
         self._handle = ffi.gc(handle, lib.garp_sender_free)
@@ -129,6 +134,7 @@ class Sender:
         self.ifname = ifname
         self.arp_mode = arp_mode
         self.na_router = na_router
+        self.method = "tx-ring" if lib.garp_sender_uses_ring(handle) else "sendmmsg"
 
     def send_round(self, target: AnnounceTarget, pps: int = 0, cancel: CancelFlag | None = None) -> RoundResult:
         """Send one frame per address, at most pps frames/s (0: unpaced). Blocks."""

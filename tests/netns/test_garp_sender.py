@@ -272,3 +272,94 @@ def test_mac_change_between_rounds_is_followed(netns_factory, link) -> None:
     assert result.frames_sent == 64
     mac = bytes.fromhex("02000000aa01")
     expect_exact(captured, {frames.arp_request(mac, a.packed) for a in addresses}, None)
+
+
+def test_sender_uses_the_tx_ring_unless_told_not_to(netns_factory, link) -> None:
+    with netns_factory.enter(link.ours):
+        ring, fallback = Sender(link.ifname), Sender(link.ifname, tx_ring=False)
+    with ring, fallback:
+        assert (ring.method, fallback.method) == ("tx-ring", "sendmmsg")
+
+
+def test_sendmmsg_fallback_covers_both_families(netns_factory, link) -> None:
+    v4, v6 = v4_block(2000), v6_block(1000)
+    target = AnnounceTarget.from_addresses(link.ifname, [*v4, *v6])
+    result, captured = announce(netns_factory, link, target, tx_ring=False)
+    assert (result.frames_sent, result.error, dict(result.errors)) == (3000, None, {})
+    mac = mac_of(netns_factory, link.ours, link.ifname)
+    expected = {frames.arp_request(mac, a.packed) for a in v4} | {frames.neighbour_advert(mac, a.packed) for a in v6}
+    expect_exact(captured, expected, None)
+
+
+def test_ring_wraps_and_stays_in_step_across_rounds(netns_factory, link) -> None:
+    # 5000 and 3001 frames: the second round starts mid-ring and wraps past the 4096 slots again.
+    first, second = v4_block(5000, "198.18.0.1"), v6_block(3001)
+    with netns_factory.enter(link.ours):
+        sender = Sender(link.ifname)
+    with sender:
+        assert sender.send_round(AnnounceTarget.from_addresses(link.ifname, first)).frames_sent == 5000
+        capture = Capture(netns_factory, link)
+        try:
+            result = sender.send_round(AnnounceTarget.from_addresses(link.ifname, second))
+            captured = capture.drain()
+        finally:
+            capture.close()
+    assert (result.frames_sent, result.error, dict(result.errors)) == (3001, None, {})
+    mac = mac_of(netns_factory, link.ours, link.ifname)
+    expect_exact(captured, {frames.neighbour_advert(mac, a.packed) for a in second}, None)
+
+
+@pytest.mark.parametrize("tx_ring", [True, False])
+def test_a_cancelled_round_leaves_the_sender_ready_for_the_next(netns_factory, link, tx_ring) -> None:
+    cancel = CancelFlag()
+    long_round = AnnounceTarget.from_addresses(link.ifname, v4_block(50_000))
+    addresses = v4_block(3000, "203.0.113.0")
+    next_round = AnnounceTarget.from_addresses(link.ifname, addresses)
+    with netns_factory.enter(link.ours):
+        sender = Sender(link.ifname, tx_ring=tx_ring)
+    timer = threading.Timer(0.1, cancel.set)
+    timer.start()
+    try:
+        with sender:
+            cut = sender.send_round(long_round, pps=20_000, cancel=cancel)
+            capture = Capture(netns_factory, link)
+            try:
+                result = sender.send_round(next_round)
+                captured = capture.drain()
+            finally:
+                capture.close()
+    finally:
+        timer.cancel()
+    assert cut.cancelled and 0 < cut.frames_sent < 50_000
+    assert (result.frames_sent, result.error, result.cancelled) == (3000, None, False)
+    mac = mac_of(netns_factory, link.ours, link.ifname)
+    expect_exact(captured, {frames.arp_request(mac, a.packed) for a in addresses}, None)
+
+
+@pytest.mark.parametrize("tx_ring", [True, False])
+def test_interface_down_mid_round_ends_it_and_the_next_round_is_whole(netns_factory, link, tx_ring) -> None:
+    long_round = AnnounceTarget.from_addresses(link.ifname, v4_block(50_000))
+    addresses = v4_block(3000, "203.0.113.0")
+    next_round = AnnounceTarget.from_addresses(link.ifname, addresses)
+    with netns_factory.enter(link.ours):
+        sender = Sender(link.ifname, tx_ring=tx_ring)
+    timer = threading.Timer(0.1, netns_factory.ip, ("link", "set", link.ifname, "down"), {"netns": link.ours})
+    timer.start()
+    try:
+        with sender:
+            cut = sender.send_round(long_round, pps=20_000)
+            timer.join()
+            netns_factory.ip("link", "set", link.ifname, "up", netns=link.ours)
+            capture = Capture(netns_factory, link)
+            try:
+                result = sender.send_round(next_round)
+                captured = capture.drain()
+            finally:
+                capture.close()
+    finally:
+        timer.cancel()
+    assert cut.error is not None and cut.error.startswith("ENETDOWN")
+    assert 0 < cut.frames_sent < 50_000
+    assert (result.frames_sent, result.error, dict(result.errors)) == (3000, None, {})
+    mac = mac_of(netns_factory, link.ours, link.ifname)
+    expect_exact(captured, {frames.arp_request(mac, a.packed) for a in addresses}, None)
