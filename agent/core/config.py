@@ -82,6 +82,7 @@ class NodeConfig:
     preempt_delay: float = 0.0
     advert_interval: float = 0.05
     dead_multiplier: int = 3
+    realtime_priority: int = 10
 
     @property
     def dead_interval(self) -> float:
@@ -153,6 +154,8 @@ def load_config(path: str | Path) -> Config:
         raise ConfigInvalid([ConfigError("", None, f"cannot read: {_reason(e)}")]) from None
     except ValueError as e:  # TOMLDecodeError, a bad encoding, or a NUL in the path
         raise ConfigInvalid([ConfigError("", None, str(e))]) from None
+    except RecursionError:
+        raise ConfigInvalid([ConfigError("", None, "nested too deeply")]) from None
     errors: list[ConfigError] = []
     config = _build_config(path, document, errors)
     if errors or config is None:
@@ -265,7 +268,8 @@ class _Table:
 
 
 _TOP_KEYS = ("node", "auth", "control", "heartbeat", "block")
-_NODE_KEYS = ("id", "priority", "preempt", "preempt_delay", "advert_interval", "dead_multiplier")
+_NODE_KEYS = ("id", "priority", "preempt", "preempt_delay", "advert_interval", "dead_multiplier",
+              "realtime_priority")
 _HEARTBEAT_KEYS = ("interface", "group", "peers", "port")
 _BLOCK_KEYS = ("name", "interface", "prefixes", "addresses", "address_files", "announce")
 _ANNOUNCE_KEYS = ("pps", "rounds", "round_delay", "refresh", "arp_mode")
@@ -296,6 +300,7 @@ def _node(table: dict | None, errors: list[ConfigError]) -> NodeConfig | None:
         t.number("preempt_delay", 0, MAX_PREEMPT_DELAY, 0.0),
         t.number("advert_interval", 0.01, 10, 0.05),
         t.integer("dead_multiplier", 2, 20, 3),
+        t.integer("realtime_priority", 0, 99, 10),
     )
     if None in values:
         return None

@@ -3,6 +3,8 @@
 Anyone who can open the socket (mode 0600, root) can fail the node over, but the
 bytes are still hostile: oversized, binary, slow or malformed requests get an
 error reply naming the problem and are counted; none of them reaches the daemon.
+Each connection counts at most one error, and every connection is closed by us,
+whatever happened on it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -21,6 +24,8 @@ REQUEST_TIMEOUT = 2.0
 # verb -> handler(args) -> reply dict (without "ok")
 Handler = Callable[[dict], dict]
 
+log = logging.getLogger("dpagent")
+
 
 class ControlError(Exception):
     """A request the daemon refuses; the message goes back to the client."""
@@ -31,6 +36,9 @@ def parse_request(line: bytes) -> tuple[str, dict]:
         request = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ControlError(f"request is not JSON: {exc}") from None
+    except RecursionError:
+        # "[[[[..." fits in MAX_REQUEST and is deeper than the decoder's recursion limit.
+        raise ControlError("request is not JSON: nested too deeply") from None
     if not isinstance(request, dict):
         raise ControlError("request must be a JSON object")
     verb = request.get("command")
@@ -81,24 +89,37 @@ class ControlServer:
         except ControlError as exc:
             self.errors["bad_request"] += 1
             return {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            # A handler bug must still answer the client and leave the daemon running.
+            log.exception("control request %r failed", line[:200])
+            self.errors["internal"] += 1
+            return {"ok": False, "error": f"internal error: {exc!r}"}
+
+    async def _reply_to(self, reader: asyncio.StreamReader) -> dict | None:
+        """The reply for the one request line on this connection; None if the client left."""
+        try:
+            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+        except asyncio.TimeoutError:
+            self.errors["timeout"] += 1
+            return {"ok": False, "error": f"no request line within {REQUEST_TIMEOUT} s"}
+        except ValueError:  # readline's form of LimitOverrunError
+            self.errors["oversized"] += 1
+            return {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"}
+        if not line.endswith(b"\n"):
+            # End of stream before the end of the line: nothing or half a request came.
+            self.errors["disconnected"] += 1
+            return None
+        return self.dispatch(line)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
-            reply = self.dispatch(line)
-        except asyncio.TimeoutError:
-            self.errors["timeout"] += 1
-            reply = {"ok": False, "error": f"no request line within {REQUEST_TIMEOUT} s"}
-        except (asyncio.LimitOverrunError, ValueError):
-            self.errors["oversized"] += 1
-            reply = {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"}
+            reply = await self._reply_to(reader)
+            if reply is not None:
+                writer.write(json.dumps(reply, default=str).encode() + b"\n")
+                await writer.drain()
         except ConnectionError:
             self.errors["disconnected"] += 1
-            return
-        try:
-            writer.write(json.dumps(reply, default=str).encode() + b"\n")
-            await writer.drain()
+        finally:
             writer.close()
-            await writer.wait_closed()
-        except ConnectionError:
-            self.errors["disconnected"] += 1
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()

@@ -18,6 +18,8 @@ from agent.core.config import HeartbeatLink
 
 # Frames are 64 bytes; anything bigger is read whole so the core can count it as "long".
 _MAX_DATAGRAM = 2048
+# Datagrams read per wake-up: a flood must not keep the loop from sending our own adverts.
+_MAX_BATCH = 64
 
 Receiver = Callable[[bytes, str], None]
 
@@ -113,8 +115,11 @@ class HeartbeatPort:
 
     def _on_readable(self) -> None:
         sock = self._sock
-        # Drain everything queued: after a stall, older adverts must not lag behind.
-        while sock is not None:
+        # Drain what is queued, so that after a stall older adverts do not lag behind, but in
+        # batches: the reader stays ready, and timers due meanwhile run between two batches.
+        for _ in range(_MAX_BATCH):
+            if sock is not self._sock:
+                return
             try:
                 data = sock.recv(_MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
