@@ -244,13 +244,15 @@ class Node:
 
     def _change(self, new: State, reason: str, now: float) -> None:
         old = self._state
-        if old is State.MASTER:
-            self._state = new
-            self._send(FrameType.RESIGN)
-            self._actions.append(ReleaseBlocks(reason))
         self._state = new
+        if old is State.MASTER:
+            # The resign goes out first: the peer can start its takeover at once.
+            self._send(FrameType.RESIGN)
         self._last = (old, new, reason, now)
+        # StateChanged before ReleaseBlocks, so the release is filed under this transition.
         self._actions.append(StateChanged(old, new, reason))
+        if old is State.MASTER:
+            self._actions.append(ReleaseBlocks(reason))
         self._preempt_since = None
         if new is State.INIT:
             self._next_advert = None

@@ -109,7 +109,7 @@ def test_shutdown_resigns_and_goes_silent(cluster_class):
     assert all(decode(d, c.keys).kind is FrameType.RESIGN for _, _, d in sent_after)
 
 
-def test_shutdown_emits_release_then_state_change():
+def test_shutdown_resigns_then_files_the_release_under_the_state_change():
     node = Node(ElectionConfig(1, 100), KeyRing(((1, b"k" * 32),)), 1)
     node.start(0.0)
     node.handle_timer(DEAD)
@@ -117,7 +117,7 @@ def test_shutdown_emits_release_then_state_change():
     node.actions()
     node.receive(Shutdown(), 1.0)
     acts = node.actions()
-    assert [type(a) for a in acts] == [SendFrame, ReleaseBlocks, StateChanged]
+    assert [type(a) for a in acts] == [SendFrame, StateChanged, ReleaseBlocks]
     assert decode(acts[0].data, KeyRing(((1, b"k" * 32),))).state is State.INIT
 
 
