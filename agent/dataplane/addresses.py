@@ -109,7 +109,7 @@ class AddressPlane:
             else:
                 kind = nlbatch.RTM_NEWADDR if add else nlbatch.RTM_DELADDR
                 items = [(str(a), nlbatch.interface_address(a, DPAGENT_PROTO, index)) for a in v6]
-                result.add(self._batch.apply(kind, items))
+                result.add(self._batch.apply(kind, items, nlbatch.IPV6_ADDRESSES_PER_SEND))
         result.seconds = time.perf_counter() - started
         return result
 
@@ -132,6 +132,6 @@ class AddressPlane:
                 continue
             address = ip_address(msg.get("IFA_ADDRESS"))
             addresses.append((str(address), nlbatch.interface_address(address, DPAGENT_PROTO, msg["index"])))
-        result.add(self._batch.apply(nlbatch.RTM_DELADDR, addresses))
+        result.add(self._batch.apply(nlbatch.RTM_DELADDR, addresses, nlbatch.IPV6_ADDRESSES_PER_SEND))
         result.seconds = time.perf_counter() - started
         return result

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from agent.core.config import Block
 from agent.dataplane.garp import AnnounceTarget, ArpMode, CancelFlag, RoundResult, Sender
+from agent.runtime.scheduling import normal_priority
 
 log = logging.getLogger("dpagent.announce")
 
@@ -22,7 +23,8 @@ log = logging.getLogger("dpagent.announce")
 class Announcer:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="announce")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="announce",
+                                        initializer=normal_priority)
         self._senders: dict[tuple[str, ArpMode], Sender] = {}
         self._targets: dict[str, AnnounceTarget] = {}
         self._cancel: dict[str, CancelFlag] = {}

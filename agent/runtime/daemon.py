@@ -29,6 +29,7 @@ from agent.runtime.control import ControlError, ControlServer
 from agent.runtime.heartbeat import HeartbeatPort
 from agent.runtime.linkmon import NO_CARRIER, LinkMonitor, read_links
 from agent.runtime.notify import Notifier
+from agent.runtime.scheduling import normal_priority, raise_loop_priority
 from agent.runtime.transitions import History, StepTimer, Transition
 
 log = logging.getLogger("dpagent")
@@ -64,7 +65,8 @@ class Daemon:
         self.loop = asyncio.get_running_loop()
         self.node = Node(election_config(config), keys, epoch=time.time_ns())
         self.ports = {link.interface: HeartbeatPort(link, self.loop, self._on_datagram) for link in config.heartbeat}
-        self.netlink_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+        self.netlink_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink",
+                                               initializer=normal_priority)
         self.addresses: AddressPlane | None = None
         self.announcer = Announcer(self.loop)
         self.history = History()
@@ -85,11 +87,14 @@ class Daemon:
         self.leftovers: dict = {}
         self.reloads = {"ok": 0, "failed": 0}
         self.max_lag = 0.0
+        self.scheduling = "normal"
+        self.state_changes = 0
         self.stalls = 0
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._transition: Transition | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: float | None = None
+        self._last_send: float | None = None
         self._stopping = asyncio.Event()
 
     # --- core plumbing -------------------------------------------------------------
@@ -98,6 +103,7 @@ class Daemon:
         """Carry out what the core decided, then re-arm its one timer."""
         for action in self.node.actions():
             if isinstance(action, SendFrame):
+                self._note_send()
                 for port in self.ports.values():
                     port.send(action.data)
             elif isinstance(action, StateChanged):
@@ -110,16 +116,23 @@ class Daemon:
                 self._enqueue(take=False, blocks=self.config.blocks)
         self._arm_timer()
 
+    def _note_send(self) -> None:
+        """Track the worst gap between two frames sent: takeover work must not widen it."""
+        now = self.loop.time()
+        if self._last_send is not None and self._transition is not None:
+            gap = now - self._last_send
+            self._transition.max_advert_gap = max(self._transition.max_advert_gap, gap)
+        self._last_send = now
+
     def _on_state_changed(self, change: StateChanged) -> None:
         self._transition = self.history.begin(change.old.name, change.new.name, change.reason)
+        self.state_changes += 1
         log.warning("state %s -> %s: %s", change.old.name, change.new.name, change.reason)
         self.notifier.status(f"{change.new.name}: {change.reason}")
 
     def _enqueue(self, *, take: bool, blocks: tuple[Block, ...]) -> None:
-        transition = self._transition or self.history.begin(
-            self.node.state.name, self.node.state.name, "reload"
-        )
-        self._jobs.put_nowait(_Job(take, tuple(blocks), transition))
+        """Queue work under the current transition (the state change or reload that asked for it)."""
+        self._jobs.put_nowait(_Job(take, tuple(blocks), self._transition))
 
     def _arm_timer(self) -> None:
         due = self.node.get_timer()
@@ -281,16 +294,19 @@ class Daemon:
         gone = tuple(b for name, b in old_blocks.items() if new_blocks.get(name) != b)
         added = tuple(b for name, b in new_blocks.items() if old_blocks.get(name) != b)
         self.config = new
+        if gone or added:
+            # Its own history entry, not more steps of whatever state change came last.
+            state = self.node.state.name
+            self._transition = self.history.begin(state, state, "reload")
         for block in gone:
             self.announcer.forget(block.name)
         if gone:
+            # Still marked held, so the release job removes exactly what the agent had added.
             self._enqueue(take=False, blocks=gone)
         for block in added:
             self.held.setdefault(block.name, False)
         if added and self.node.state is State.MASTER:
             self._enqueue(take=True, blocks=added)
-        for name in old_blocks.keys() - new_blocks.keys():
-            self.held.pop(name, None)
         self.reloads["ok"] += 1
         log.warning("configuration reloaded: %d block(s) changed", len(gone) + len(added))
         self.notifier.ready(f"{self.node.state.name}: reloaded")
@@ -319,15 +335,17 @@ class Daemon:
             ],
             "announce": self.announcer.status(),
             "transitions": self.history.as_list(),
+            "state_changes": self.state_changes,
             "leftovers_removed": self.leftovers,
             "control_errors": dict(self.control.errors),
-            "loop": {"max_lag_s": round(self.max_lag, 6), "stalls": self.stalls},
+            "loop": {"max_lag_s": round(self.max_lag, 6), "stalls": self.stalls, "scheduling": self.scheduling},
             "reloads": dict(self.reloads),
         }
 
     # --- life cycle --------------------------------------------------------------------
 
     async def run(self) -> None:
+        self.scheduling = raise_loop_priority(self.config.node.realtime_priority)
         self.addresses = await self._run_netlink(AddressPlane)
         cleanup = await self._run_netlink(self.addresses.remove_leftovers)
         self.leftovers = cleanup.as_dict()

@@ -42,7 +42,7 @@ def render(status: dict) -> str:
                [({}, node["state"]["number"])])
     out.metric("dpagent_priority", "gauge", "Configured election priority.", [({}, node["priority"])])
     out.metric("dpagent_transitions_total", "counter", "State transitions since start.",
-               [({}, len(status["transitions"]))])
+               [({}, status["state_changes"])])
     counters = node.get("counters", {})
     out.metric("dpagent_heartbeat_frames_sent_total", "counter", "Heartbeat frames sent.",
                [({}, counters.get("frames_sent", 0))])

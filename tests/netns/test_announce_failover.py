@@ -65,9 +65,9 @@ def test_neighbour_caches_follow_the_block_to_the_new_master(lab):
     lab.start_agent(2, lab.write_config(2, block_v6=True))
     lab.wait_master_seen(2, 1)
     # fw1 takes the IPv6 block after the IPv4 one: wait until both are held.
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while not all(b["held"] for b in lab.status(1)["blocks"]):
-        assert time.monotonic() < deadline, "fw1 never held both blocks"
+        assert time.monotonic() < deadline, f"fw1 never held both blocks: {lab.status(1)['transitions']}"
         time.sleep(0.1)
     fw1_mac, fw2_mac = lab.mac("fw1", "ext0"), lab.mac("fw2", "ext0")
 
