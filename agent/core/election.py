@@ -32,7 +32,7 @@ from enum import Enum
 
 from agent.core.actions import Action, ReleaseBlocks, SendFrame, StateChanged, TakeBlocks
 from agent.core.events import (
-    AdminCommand, AdminVerb, Event, LinkChanged, LinkRole, LoopStalled, Shutdown,
+    AdminCommand, AdminVerb, CarrierLost, Event, LinkChanged, LinkRole, LoopStalled, Shutdown,
 )
 from agent.core.states import State
 from agent.core.wire import (
@@ -202,6 +202,8 @@ class Node:
         self._now = now
         if isinstance(event, LinkChanged):
             self._on_link(event, now)
+        elif isinstance(event, CarrierLost):
+            self._on_carrier_lost(event.link, now)
         elif isinstance(event, LoopStalled):
             self._on_stall(event.lag, now)
         elif isinstance(event, AdminCommand):
@@ -277,6 +279,20 @@ class Node:
             self._fire(Input.LINK_FAULT, fault, now)
         else:
             self._fire(Input.LINKS_OK, f"link {event.link} up, all links up", now)
+
+    def _on_carrier_lost(self, link: str, now: float) -> None:
+        """A master no longer reachable over any link it was recently heard on is down now:
+        waiting out the dead interval would only delay the same conclusion."""
+        for peer in self._peers.values():
+            peer.links.pop(link, None)
+            if peer.master_until is None or peer.master_until <= now:
+                continue
+            recent = [n for n, t in peer.links.items() if now - t < self._config.dead_multiplier * peer.interval]
+            if not recent:
+                peer.master_until = now
+                peer.lost_why = f"master {peer.node_id} unreachable: carrier lost on {link}"
+        if self._state is not State.INIT:
+            self._evaluate(now)
 
     def _on_stall(self, lag: float, now: float) -> None:
         cfg = self._config

@@ -25,6 +25,17 @@ class LinkChanged:
 
 
 @dataclass(frozen=True)
+class CarrierLost:
+    """A heartbeat link lost carrier: nothing can be heard on it any more.
+
+    On a direct cable that is what the death of the node at the other end looks
+    like, seen within milliseconds instead of a dead interval.
+    """
+
+    link: str
+
+
+@dataclass(frozen=True)
 class LoopStalled:
     """The runtime's own event loop ran `lag` seconds late (self-fencing input)."""
 
@@ -47,4 +58,4 @@ class Shutdown:
     """Graceful stop (SIGTERM): a master resigns so the peer need not wait."""
 
 
-Event = LinkChanged | LoopStalled | AdminCommand | Shutdown
+Event = LinkChanged | CarrierLost | LoopStalled | AdminCommand | Shutdown

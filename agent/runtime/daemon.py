@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from agent.core.actions import ReleaseBlocks, SendFrame, StateChanged, TakeBlocks
 from agent.core.config import Block, Config, ConfigInvalid, format_errors, load_config, load_keys
 from agent.core.election import ElectionConfig, Node
-from agent.core.events import AdminCommand, AdminVerb, LinkChanged, LinkRole, LoopStalled, Shutdown
+from agent.core.events import AdminCommand, AdminVerb, CarrierLost, LinkChanged, LinkRole, LoopStalled, Shutdown
 from agent.core.states import State
 from agent.core.wire import KeyRing
 from agent.dataplane.addresses import AddressPlane
@@ -178,6 +178,8 @@ class Daemon:
             if usable:
                 port.open()
             events.append(LinkChanged(name, LinkRole.HEARTBEAT, usable, reason))
+            if reason == NO_CARRIER:
+                events.append(CarrierLost(name))
         if any(b.interface == name for b in self.config.blocks):
             events.append(LinkChanged(name, LinkRole.BLOCK, up, reason))
         return events

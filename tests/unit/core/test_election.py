@@ -4,7 +4,7 @@ import pytest
 
 from agent.core.actions import ReleaseBlocks, SendFrame, StateChanged
 from agent.core.election import TRANSITIONS, ElectionConfig, Node
-from agent.core.events import AdminCommand, AdminVerb, LinkChanged, LinkRole, LoopStalled, Shutdown
+from agent.core.events import AdminCommand, AdminVerb, CarrierLost, LinkChanged, LinkRole, LoopStalled, Shutdown
 from agent.core.states import State
 from agent.core.wire import Frame, FrameType, KeyRing, decode, encode
 
@@ -352,3 +352,22 @@ def test_set_keys_rotates_the_sending_key():
     node.handle_timer(node.get_timer())
     frames = [a.data for a in node.actions() if isinstance(a, SendFrame)]
     assert frames and decode(frames[-1], KeyRing(((2, b"b" * 16),))).node_id == 1
+
+
+def test_master_that_lost_carrier_on_every_link_it_was_heard_on_is_down_at_once(cluster_class):
+    c = settled(cluster_class)
+    c.kill(1)
+    c.event(2, CarrierLost("hb0"))
+    assert c.node(2).state is State.BACKUP, "still heard on hb1 a moment ago"
+    c.event(2, CarrierLost("hb1"))
+    assert c.node(2).state is State.MASTER
+    assert c.transitions(2)[-1].reason == "master 1 unreachable: carrier lost on hb1"
+
+
+def test_carrier_lost_on_one_link_while_heard_on_the_other_changes_nothing(cluster_class):
+    c = settled(cluster_class)
+    before = len(c.log)
+    c.event(2, CarrierLost("hb0"))
+    c.run_for(1.0)
+    assert c.masters() == [1]
+    assert len(c.log) == before
