@@ -20,22 +20,15 @@ import sys
 import time
 from dataclasses import dataclass
 
+from agent.core.frames import checksum
+
 ETH_P_IP = 0x0800
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def echo_request(ident: int, seq: int) -> bytes:
     header = struct.pack("!BBHHH", 8, 0, 0, ident, seq & 0xFFFF)
     payload = struct.pack("!Q", seq)
-    return struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq & 0xFFFF) + payload
+    return struct.pack("!BBHHH", 8, 0, checksum(header + payload), ident, seq & 0xFFFF) + payload
 
 
 def spread(block: str, count: int) -> list[str]:

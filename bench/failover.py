@@ -83,6 +83,15 @@ class Dpagent:
             return False
         return True
 
+    @staticmethod
+    def worst_advert_gap_ms(lab: Lab) -> float | None:
+        """The new master's worst gap between two heartbeat frames sent since it took over:
+        takeover work (routes, a /16 of announcements) must not delay the adverts."""
+        status = lab.status(2)
+        if not status:
+            return None
+        return status["transitions"][-1]["max_advert_gap_s"] * 1000
+
 
 class Keepalived:
     """keepalived -P (VRRP only) in fw1/fw2, its state read from its console log."""
@@ -267,6 +276,8 @@ def one_run(system: Dpagent | Keepalived, block: str, case: str, timeout: float,
         steps["control_plane_recovered_s"] = time.time() - fail_at
         if recovered:
             time.sleep(SETTLE_S)
+            if isinstance(system, Dpagent):
+                steps["worst_advert_gap_ms"] = system.worst_advert_gap_ms(lab)
         ended_at = time.time()
         result = stop_probe(proc, out)
         run = analyse(result, fail_at, old_mac, new_mac, not recovered, ended_at)
@@ -411,6 +422,9 @@ def report(figures: Figures, raw: dict, args: argparse.Namespace) -> None:
                     figures.add("failover_all_back_ms", {**labels, "case": case}, back, "ms", lower_bound=back_lower)
                 figures.add("failover_dual_answer_runs", {**labels, "case": case},
                             sum(r.dual_answer for r in measured), f"runs of {len(measured)}")
+                gaps = [r.steps["worst_advert_gap_ms"] for r in measured if r.steps.get("worst_advert_gap_ms")]
+                if gaps:
+                    figures.add("failover_advert_gap_max_ms", {**labels, "case": case}, max(gaps), "ms")
             for metric in ("outage", "all_back"):
                 ours = medians["dpagent"].get(metric)
                 for name in ("keepalived-fast", "keepalived-default"):

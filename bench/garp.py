@@ -51,11 +51,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _netns import Namespaces, enter, ip  # noqa: E402
 from _report import Figures, write_result  # noqa: E402
 
 from agent.core import frames  # noqa: E402
 from agent.dataplane.garp import AnnounceTarget, Sender  # noqa: E402
+from agent.netns import Namespaces, enter, ip  # noqa: E402
 
 IFNAME = "s0"
 BLOCK = ipaddress.IPv4Network("198.18.0.0/16")

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 MAX_REQUEST = 4096
 REQUEST_TIMEOUT = 2.0
 
-# verb -> handler(args) -> reply dict (without "ok")
-Handler = Callable[[dict], dict]
+# verb -> handler(args) -> reply dict (without "ok"), or an awaitable of one
+Handler = Callable[[dict], dict | Awaitable[dict]]
 
 log = logging.getLogger("dpagent")
 
@@ -78,14 +79,17 @@ class ControlServer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
-    def dispatch(self, line: bytes) -> dict:
+    async def dispatch(self, line: bytes) -> dict:
         self.requests += 1
         try:
             verb, args = parse_request(line)
             handler = self._handlers.get(verb)
             if handler is None:
                 raise ControlError(f"unknown command {verb!r}; known: {', '.join(sorted(self._handlers))}")
-            return {"ok": True, **handler(args)}
+            reply = handler(args)
+            if inspect.isawaitable(reply):
+                reply = await reply
+            return {"ok": True, **reply}
         except ControlError as exc:
             self.errors["bad_request"] += 1
             return {"ok": False, "error": str(exc)}
@@ -109,7 +113,7 @@ class ControlServer:
             # End of stream before the end of the line: nothing or half a request came.
             self.errors["disconnected"] += 1
             return None
-        return self.dispatch(line)
+        return await self.dispatch(line)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

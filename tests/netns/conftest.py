@@ -10,7 +10,6 @@ the duration of a with block, so sockets opened there live in it;
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import secrets
 import signal
@@ -19,49 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.geteuid() == 0:
-        return
-    skip = pytest.mark.skip(reason="needs root for network namespaces")
-    here = os.path.dirname(__file__)
-    for item in items:
-        if str(item.fspath).startswith(here):
-            item.add_marker(skip)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-@contextlib.contextmanager
-def enter_netns(name: str) -> Iterator[None]:
-    """Run the with block (this thread only) inside namespace `name`."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(target)
-        os.close(home)
-
-
-def ip(*args: str, netns: str | None = None, stdin: str | None = None) -> str:
-    """Run `ip` (optionally `ip -n netns`), raising with its stderr on failure."""
-    cmd = ["ip"] + (["-n", netns] if netns else []) + list(args)
-    done = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()}")
-    return done.stdout
+from agent.netns import enter, ip
 
 
 class NetnsFactory:
@@ -80,7 +37,7 @@ class NetnsFactory:
         """Kill this process (a Popen or a PID) at teardown."""
         self.processes.append(process)
 
-    enter = staticmethod(enter_netns)
+    enter = staticmethod(enter)
     ip = staticmethod(ip)
 
     def cleanup(self) -> None:

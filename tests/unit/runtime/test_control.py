@@ -71,27 +71,27 @@ def test_dispatch_answers_every_hostile_line_and_counts_it():
     server = make_server()
     lines = [b"\x00\x01\x02\n", b"[]\n", b'{"command": "reboot"}\n', b'{"command": "echo", "args": 3}\n',
              b"[" * 3000 + b"\n"]
-    replies = [server.dispatch(line) for line in lines]
+    replies = [asyncio.run(server.dispatch(line)) for line in lines]
     assert [r["ok"] for r in replies] == [False] * len(lines)
     assert replies[2]["error"] == "unknown command 'reboot'; known: buggy, echo, failover, status"
     assert server.errors == {"bad_request": len(lines)}
-    assert server.dispatch(b'{"command": "status"}\n') == {"ok": True, "state": "MASTER"}
+    assert asyncio.run(server.dispatch(b'{"command": "status"}\n')) == {"ok": True, "state": "MASTER"}
     assert server.requests == len(lines) + 1
 
 
 def test_dispatch_passes_a_refusal_through():
     server = make_server()
-    assert server.dispatch(b'{"command": "failover"}\n') == {
+    assert asyncio.run(server.dispatch(b'{"command": "failover"}\n')) == {
         "ok": False, "error": "not master (state BACKUP); nothing to hand over"}
     assert server.errors == {"bad_request": 1}
 
 
 def test_dispatch_survives_a_handler_bug():
     server = make_server()
-    reply = server.dispatch(b'{"command": "buggy", "args": {}}\n')
+    reply = asyncio.run(server.dispatch(b'{"command": "buggy", "args": {}}\n'))
     assert reply == {"ok": False, "error": "internal error: KeyError('mode')"}
     assert server.errors == {"internal": 1}
-    assert server.dispatch(b'{"command": "buggy", "args": {"mode": "on"}}\n') == {"ok": True, "mode": "on"}
+    assert asyncio.run(server.dispatch(b'{"command": "buggy", "args": {"mode": "on"}}\n')) == {"ok": True, "mode": "on"}
 
 
 # --- the socket ---------------------------------------------------------------------
@@ -202,3 +202,16 @@ def test_a_client_that_leaves_mid_request_is_counted_once(tmp_path):
     # None of the three reached a handler: a request is a whole line.
     assert server.errors == {"disconnected": 3}
     assert server.requests == 1
+
+
+def test_dispatch_awaits_an_async_handler_and_passes_its_refusal():
+    async def reload(args: dict) -> dict:
+        await asyncio.sleep(0)
+        if args.get("bad"):
+            raise ControlError("reload refused: node changed; these need a restart")
+        return {"message": "configuration reloaded"}
+
+    server = ControlServer("unused", {"reload": reload})
+    assert asyncio.run(server.dispatch(b'{"command": "reload"}\n')) == {"ok": True, "message": "configuration reloaded"}
+    assert asyncio.run(server.dispatch(b'{"command": "reload", "args": {"bad": 1}}\n')) == {
+        "ok": False, "error": "reload refused: node changed; these need a restart"}

@@ -1,5 +1,9 @@
-"""Tiny network-namespace helper for benchmarks: every namespace made
-through a Namespaces object is deleted by close(), also after a failure."""
+"""Network-namespace tooling shared by tests and benchmarks.
+
+`enter` moves only the calling thread into a namespace, so a test can open a
+socket there and keep driving the rest from the host; every namespace made by a
+Namespaces object is deleted by close(), also after a failure.
+"""
 
 from __future__ import annotations
 
