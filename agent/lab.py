@@ -33,6 +33,7 @@ BLOCK_V4 = "198.18.0.0/16"
 BLOCK_V6 = "2001:db8:1::/116"
 EXT_NET = "203.0.113.0/24"
 HB_GROUP = "239.255.77.77"
+HB_GROUP_V6 = "ff02::77"
 HB_PORT = 7788
 CLIENT_EXT = "203.0.113.10"
 SERVER_INT = "198.51.100.10"
@@ -140,7 +141,8 @@ class Lab:
                 "link set ext0 up", "link set int0 up", "link set hb0 up", "link set hb1 up",
                 f"route add {SERVER_INT}/32 dev int0",
             ])
-            self._sysctl(role, "net.ipv4.ip_forward=1", "net.ipv6.conf.ext0.accept_dad=0")
+            self._sysctl(role, "net.ipv4.ip_forward=1", "net.ipv6.conf.ext0.accept_dad=0",
+                         "net.ipv6.conf.hb0.accept_dad=0", "net.ipv6.conf.hb1.accept_dad=0")
         self._batch("client", [
             f"addr add {CLIENT_EXT}/24 dev ext0", "addr add 2001:db8:e::10/64 dev ext0 nodad", "link set ext0 up",
             f"route add {BLOCK_V4} dev ext0", f"route add {BLOCK_V6} dev ext0",
@@ -170,8 +172,10 @@ class Lab:
     def write_config(self, node: int, *, priority: int | None = None, preempt: bool = False,
                      preempt_delay: float = 0.0, advert_interval: float = 0.05,
                      key_hex: str = KEY_HEX, block: str = BLOCK_V4, block_v6: bool = False,
-                     announce: str = "") -> Path:
-        """An agent configuration for fw<node>; `announce` is extra TOML for the block."""
+                     announce: str = "", heartbeat: str = "group") -> Path:
+        """An agent configuration for fw<node>; `announce` is extra TOML for the block;
+        `heartbeat` is "group" (IPv4 multicast), "group6" (IPv6 link-local multicast)
+        or "unicast" (the peer's hb addresses)."""
         key = self.dir / f"fw{node}.key"
         key.write_text(f"1 {key_hex}\n")
         key.chmod(0o600)
@@ -200,12 +204,12 @@ socket = "{self.socket_path(node)}"
 
 [[heartbeat]]
 interface = "hb0"
-group = "{HB_GROUP}"
+{self._heartbeat_target(node, "hb0", heartbeat)}
 port = {HB_PORT}
 
 [[heartbeat]]
 interface = "hb1"
-group = "{HB_GROUP}"
+{self._heartbeat_target(node, "hb1", heartbeat)}
 port = {HB_PORT}
 
 [[block]]
@@ -215,6 +219,15 @@ prefixes = ["{block}"]
 {announce}
 {v6_block}""")
         return path
+
+    @staticmethod
+    def _heartbeat_target(node: int, link: str, kind: str) -> str:
+        if kind == "group":
+            return f'group = "{HB_GROUP}"'
+        if kind == "group6":
+            return f'group = "{HB_GROUP_V6}"'
+        peer = NODES[3 - node]
+        return f'peers = ["{getattr(peer, link)}"]'
 
     def start_agent(self, node: int, config: Path | None = None, *, log: Path | None = None) -> subprocess.Popen:
         config = config or self.write_config(node)

@@ -202,3 +202,16 @@ def test_agentctl_status_json_and_metrics_describe_the_cluster(lab):
     assert unreachable.returncode == 3
     refused = agentctl(lab, 2, "failover")
     assert refused.returncode == 1 and "not master" in refused.stderr
+
+
+@pytest.mark.parametrize("heartbeat", ["unicast", "group6"])
+def test_unicast_and_ipv6_multicast_heartbeats_elect_and_fail_over(lab, heartbeat):
+    lab.start_agent(1, lab.write_config(1, heartbeat=heartbeat))
+    lab.wait_state(1, "MASTER")
+    lab.start_agent(2, lab.write_config(2, heartbeat=heartbeat))
+    lab.wait_master_seen(2, 1)
+    assert lab.status(2)["node"]["peers"][0]["links"] == ["hb0", "hb1"]
+    lab.kill_agent(1, signal.SIGTERM)
+    status = lab.wait_state(2, "MASTER", timeout=5)
+    assert status["node"]["last_transition"]["reason"].startswith("resign")
+    wait_holders(lab, [2])
