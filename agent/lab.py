@@ -195,6 +195,7 @@ preempt = {"true" if preempt else "false"}
 preempt_delay = {preempt_delay}
 advert_interval = {advert_interval}
 dead_multiplier = 3
+state_dir = "{self.dir / f"fw{node}-state"}"
 
 [auth]
 key_file = "{key}"

@@ -83,6 +83,7 @@ class NodeConfig:
     advert_interval: float = 0.05
     dead_multiplier: int = 3
     realtime_priority: int = 10
+    state_dir: Path = Path("/var/lib/dpagent")
 
     @property
     def dead_interval(self) -> float:
@@ -269,7 +270,7 @@ class _Table:
 
 _TOP_KEYS = ("node", "auth", "control", "heartbeat", "block")
 _NODE_KEYS = ("id", "priority", "preempt", "preempt_delay", "advert_interval", "dead_multiplier",
-              "realtime_priority")
+              "realtime_priority", "state_dir")
 _HEARTBEAT_KEYS = ("interface", "group", "peers", "port")
 _BLOCK_KEYS = ("name", "interface", "prefixes", "addresses", "address_files", "announce")
 _ANNOUNCE_KEYS = ("pps", "rounds", "round_delay", "refresh", "arp_mode")
@@ -279,7 +280,7 @@ _ARP_MODES = ("request", "reply")
 def _build_config(path: Path, document: dict, errors: list[ConfigError]) -> Config | None:
     base = path.parent
     top = _Table(document, "", errors, _TOP_KEYS)
-    node = _node(top.table_of("node"), errors)
+    node = _node(top.table_of("node"), base, errors)
     key_file = _auth(top.table_of("auth"), base, errors)
     control_socket = _control(top.table_of("control"), base, errors)
     heartbeat = _heartbeats(top.tables_of("heartbeat"), errors)
@@ -289,10 +290,14 @@ def _build_config(path: Path, document: dict, errors: list[ConfigError]) -> Conf
     return Config(path, node, heartbeat, key_file, control_socket, blocks)  # type: ignore[arg-type]
 
 
-def _node(table: dict | None, errors: list[ConfigError]) -> NodeConfig | None:
+def _node(table: dict | None, base: Path, errors: list[ConfigError]) -> NodeConfig | None:
     if table is None:
         return None
     t = _Table(table, "node", errors, _NODE_KEYS)
+    state_dir = t.string("state_dir", "/var/lib/dpagent")
+    if state_dir is not None and (not state_dir or "\0" in state_dir):
+        t.error("state_dir", state_dir, "must be a path")
+        state_dir = None
     values = (
         t.integer("id", 1, 2**32 - 1),
         t.integer("priority", 1, 254, 100),
@@ -301,6 +306,7 @@ def _node(table: dict | None, errors: list[ConfigError]) -> NodeConfig | None:
         t.number("advert_interval", 0.01, 10, 0.05),
         t.integer("dead_multiplier", 2, 20, 3),
         t.integer("realtime_priority", 0, 99, 10),
+        None if state_dir is None else base / state_dir,
     )
     if None in values:
         return None
@@ -382,6 +388,10 @@ def _heartbeat(t: _Table) -> HeartbeatLink | None:
             parsed = _parse_address(text, multicast=False)
             if isinstance(parsed, str):
                 t.errors.append(ConfigError(key, text, parsed))
+            elif peers and parsed.version != peers[0].version:
+                # One socket per link, of one address family.
+                t.errors.append(ConfigError(key, text, f"is IPv{parsed.version}, but {peers[0]} is IPv{peers[0].version}: "
+                                                       "one heartbeat link speaks one IP version"))
             elif parsed not in peers:
                 peers.append(parsed)
         ok = len(t.errors) == before

@@ -26,7 +26,7 @@ class Announcer:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="announce",
                                         initializer=normal_priority)
         self._senders: dict[tuple[str, ArpMode], Sender] = {}
-        self._targets: dict[str, AnnounceTarget] = {}
+        self._targets: dict[str, tuple[Block, AnnounceTarget]] = {}
         self._cancel: dict[str, CancelFlag] = {}
         self._followups: dict[str, asyncio.Task] = {}
         self.frames_sent = 0
@@ -35,15 +35,18 @@ class Announcer:
         self.last_duration: float | None = None
         self.last_error: str | None = None
 
-    def target(self, block: Block) -> AnnounceTarget:
-        """Packed addresses of a block, computed once per block definition."""
+    def _target(self, block: Block) -> AnnounceTarget:
+        """Packed addresses of a block, computed once per block definition, in the
+        announce thread: packing a /8 would hold the loop longer than a dead interval."""
         cached = self._targets.get(block.name)
-        if cached is None or cached.ifname != block.interface:
-            cached = AnnounceTarget(block.interface, block.packed_v4(), block.packed_v6())
+        if cached is None or cached[0] is not block:
+            cached = (block, AnnounceTarget(block.interface, block.packed_v4(), block.packed_v6()))
             self._targets[block.name] = cached
-        return cached
+        return cached[1]
 
     def forget(self, name: str) -> None:
+        """The block was redefined or removed: stop announcing it and drop its addresses."""
+        self.stop(name)
         self._targets.pop(name, None)
 
     def _sender(self, block: Block) -> Sender:
@@ -63,12 +66,11 @@ class Announcer:
         if result.error:
             self.last_error = result.error
 
+    def _send_round(self, block: Block, flag: CancelFlag) -> RoundResult:
+        return self._sender(block).send_round(self._target(block), block.announce.pps, flag)
+
     async def _round(self, block: Block, flag: CancelFlag) -> RoundResult:
-        target = self.target(block)
-        sender = self._sender(block)
-        result = await self._loop.run_in_executor(
-            self._pool, sender.send_round, target, block.announce.pps, flag
-        )
+        result = await self._loop.run_in_executor(self._pool, self._send_round, block, flag)
         self._account(result)
         return result
 

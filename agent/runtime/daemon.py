@@ -27,6 +27,7 @@ from agent.dataplane.addresses import AddressPlane
 from agent.runtime import metrics
 from agent.runtime.announce import Announcer
 from agent.runtime.control import ControlError, ControlServer
+from agent.runtime.epoch import next_epoch
 from agent.runtime.heartbeat import HeartbeatPort
 from agent.runtime.linkmon import NO_CARRIER, LinkMonitor, read_links
 from agent.runtime.notify import Notifier
@@ -69,7 +70,8 @@ class Daemon:
     def __init__(self, config: Config, keys: KeyRing) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
-        self.node = Node(election_config(config), keys, epoch=time.time_ns())
+        epoch, self.epoch_problem = next_epoch(config.node.state_dir, time.time_ns())
+        self.node = Node(election_config(config), keys, epoch=epoch)
         self.ports = {link.interface: HeartbeatPort(link, self.loop, self._on_datagram) for link in config.heartbeat}
         self.netlink_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink",
                                                initializer=normal_priority)
@@ -104,6 +106,7 @@ class Daemon:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: float | None = None
         self._last_send: float | None = None
+        self._last_watchdog = float("-inf")
         self._stopping = asyncio.Event()
 
     # --- core plumbing -------------------------------------------------------------
@@ -158,14 +161,25 @@ class Daemon:
         now = self.loop.time()
         lag = now - (self._timer_due or now)
         self._timer, self._timer_due = None, None
-        self.max_lag = max(self.max_lag, lag)
-        # A timer late by more than one advert interval means the loop itself stalled.
-        if lag > self.config.node.advert_interval:
-            self.stalls += 1
-            log.warning("event loop stalled %.3f s", lag)
-            self.node.receive(LoopStalled(lag), now)
-        self.node.handle_timer(now)
-        self._process()
+        try:
+            self.max_lag = max(self.max_lag, lag)
+            # A timer late by more than one advert interval means the loop itself stalled.
+            if lag > self.config.node.advert_interval:
+                self.stalls += 1
+                log.warning("event loop stalled %.3f s", lag)
+                self.node.receive(LoopStalled(lag), now)
+            self.node.handle_timer(now)
+            self._process()
+        finally:
+            self._arm_timer()
+        self._ping_watchdog(now)
+
+    def _ping_watchdog(self, now: float) -> None:
+        """WATCHDOG=1 only from the core's own timer: if adverts stop, so do the pings."""
+        interval = self.notifier.watchdog_interval
+        if interval is not None and now - self._last_watchdog >= interval:
+            self._last_watchdog = now
+            self.notifier.watchdog()
 
     def _on_datagram(self, data: bytes, link: str) -> None:
         self.node.receive_datagram(data, link, self.loop.time())
@@ -213,24 +227,23 @@ class Daemon:
                     await self._take(job)
                 else:
                     await self._release(job)
-            except Exception:
-                log.exception("transition step failed")
             finally:
                 self._jobs.task_done()
 
     async def _take(self, job: _Job) -> None:
         """Per block: make it local, then announce it, so a small block is not kept
-        waiting behind a big one."""
+        waiting behind a big one. A block that fails is recorded and the next one goes on."""
         for block in job.blocks:
             # The node may have left MASTER while earlier work ran: then skip the rest.
             if self.node.state is not State.MASTER:
                 return
+            # Held before the first route goes in: a take that fails half-way must still be released.
+            self.held[block.name] = True
             with StepTimer(job.transition, f"take:{block.name}") as step:
                 result = await self._run_netlink(self.addresses.take, block)
                 step.detail = result.as_dict()
                 step.ok = not result.errors and result.problem is None
                 self.block_results[block.name] = result.as_dict()
-            self.held[block.name] = True
             if self.node.state is not State.MASTER:
                 return
             with StepTimer(job.transition, f"announce:{block.name}") as step:
@@ -252,7 +265,9 @@ class Daemon:
                 result = await self._run_netlink(self.addresses.release, block)
                 step.detail = result.as_dict()
                 step.ok = not result.errors
-            self.held[block.name] = False
+            # A release that raised may have left routes behind: the next one retries.
+            if "error" not in step.detail:
+                self.held[block.name] = False
 
     # --- control verbs ---------------------------------------------------------------
 
@@ -355,6 +370,7 @@ class Daemon:
             "state_changes": self.state_changes,
             "leftovers_removed": self.leftovers,
             "control_errors": dict(self.control.errors),
+            "epoch_problem": self.epoch_problem,
             "loop": {"max_lag_s": round(self.max_lag, 6), "stalls": self.stalls, "scheduling": self.scheduling},
             "reloads": dict(self.reloads),
         }
@@ -363,6 +379,9 @@ class Daemon:
 
     async def run(self) -> None:
         self.scheduling = raise_loop_priority(self.config.node.realtime_priority)
+        if self.epoch_problem:
+            log.error("%s; peers may drop this node's frames as replays after a restart with the clock behind",
+                      self.epoch_problem)
         self.addresses = await self._run_netlink(AddressPlane)
         cleanup = await self._run_netlink(self.addresses.remove_leftovers)
         self.leftovers = cleanup.as_dict()
@@ -370,7 +389,7 @@ class Daemon:
             log.warning("removed %d leftover routes/addresses of an earlier run", cleanup.applied)
         watched = set(self.ports) | {b.interface for b in self.config.blocks}
         initial = await self._run_netlink(read_links, watched)
-        self.monitor = LinkMonitor(self.loop, watched, self._on_link)
+        self.monitor = LinkMonitor(self.loop, watched, self._on_link, self.netlink_pool)
         self.monitor.start(initial)
         now = self.loop.time()
         for name, (up, reason) in sorted(initial.items()):
@@ -384,20 +403,11 @@ class Daemon:
         self.node.start(self.loop.time())
         self._process()
         self.notifier.ready(f"{self.node.state.name}: started")
-        watchdog = self.loop.create_task(self._watchdog())
         log.warning("dpagent node %d started (%d block(s))", self.config.node.id, len(self.config.blocks))
         await self._stopping.wait()
-        await self._shutdown(worker, watchdog)
+        await self._shutdown(worker)
 
-    async def _watchdog(self) -> None:
-        interval = self.notifier.watchdog_interval
-        if interval is None:
-            return
-        while True:
-            self.notifier.watchdog()
-            await asyncio.sleep(interval)
-
-    async def _shutdown(self, worker: asyncio.Task, watchdog: asyncio.Task) -> None:
+    async def _shutdown(self, worker: asyncio.Task) -> None:
         self.notifier.stopping()
         self.node.receive(Shutdown(), self.loop.time())
         self._process()
@@ -405,8 +415,7 @@ class Daemon:
             await asyncio.wait_for(self._jobs.join(), STOP_TIMEOUT)
         except asyncio.TimeoutError:
             log.error("release did not finish within %.0f s", STOP_TIMEOUT)
-        for task in (worker, watchdog):
-            task.cancel()
+        worker.cancel()
         if self._timer is not None:
             self._timer.cancel()
         self.announcer.close()

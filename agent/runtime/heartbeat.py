@@ -65,7 +65,7 @@ def _open_socket(link: HeartbeatLink) -> socket.socket:
 
 
 class HeartbeatPort:
-    """A heartbeat link: opened lazily, reopened after its interface comes back."""
+    """A heartbeat link: opened while its interface is usable, reopened when it comes back."""
 
     def __init__(self, link: HeartbeatLink, loop: asyncio.AbstractEventLoop, receiver: Receiver) -> None:
         self.link = link
@@ -103,8 +103,8 @@ class HeartbeatPort:
         self._sock = None
 
     def send(self, data: bytes) -> None:
-        if self._sock is None and not self.open():
-            self.send_errors += 1
+        # A closed port is a link that is down here; the link monitor reopens it.
+        if self._sock is None:
             return
         for target in self._targets:
             try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
@@ -49,21 +50,33 @@ def read_links(names: Iterable[str]) -> dict[str, tuple[bool, str]]:
 
 
 class LinkMonitor:
-    """Calls back only on a change of a watched link's up/down state."""
+    """Calls back when a watched link's state or the reason for it changes.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, names: Iterable[str], callback: LinkCallback) -> None:
+    The reason matters on its own: a heartbeat link that goes from
+    "administratively down" to "no carrier" stays down, but stops being a fault
+    of this node.
+    """
+
+    # Datagrams read per wake-up: a storm of link events elsewhere on the host
+    # must not keep the loop (and the adverts) waiting.
+    MAX_BATCH = 32
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, names: Iterable[str], callback: LinkCallback,
+                 executor: Executor) -> None:
         self._loop = loop
         self._names = set(names)
         self._callback = callback
+        self._executor = executor
         self._marshal = MarshalRtnl()
-        self._state: dict[str, bool] = {}
+        self._state: dict[str, tuple[bool, str]] = {}
+        self._resyncing = False
         self.resyncs = 0
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 0)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._sock.bind((0, RTMGRP_LINK))
 
     def start(self, initial: dict[str, tuple[bool, str]]) -> None:
-        self._state = {name: up for name, (up, _) in initial.items()}
+        self._state = dict(initial)
         self._loop.add_reader(self._sock.fileno(), self._on_readable)
 
     def close(self) -> None:
@@ -71,22 +84,35 @@ class LinkMonitor:
         self._sock.close()
 
     def _update(self, name: str, up: bool, reason: str) -> None:
-        if name not in self._names or self._state.get(name) == up:
+        if name not in self._names or self._state.get(name) == (up, reason):
             return
-        self._state[name] = up
+        self._state[name] = (up, reason)
         self._callback(name, up, reason)
 
+    def _resync(self) -> None:
+        """Events were lost (ENOBUFS): re-read every watched link, off the loop."""
+        if self._resyncing:
+            return
+        self._resyncing = True
+        self.resyncs += 1
+        future = self._loop.run_in_executor(self._executor, read_links, self._names)
+        future.add_done_callback(self._resynced)
+
+    def _resynced(self, future: asyncio.Future) -> None:
+        self._resyncing = False
+        if future.cancelled() or future.exception() is not None:
+            return
+        for name, (up, reason) in future.result().items():
+            self._update(name, up, reason)
+
     def _on_readable(self) -> None:
-        while True:
+        for _ in range(self.MAX_BATCH):
             try:
                 data = self._sock.recv(1 << 16)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                # ENOBUFS: events were lost; only a full re-read is correct now.
-                self.resyncs += 1
-                for name, (up, reason) in read_links(self._names).items():
-                    self._update(name, up, reason)
+                self._resync()
                 continue
             for msg in self._marshal.parse(data):
                 name = msg.get("IFLA_IFNAME")

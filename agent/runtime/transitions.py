@@ -6,9 +6,12 @@ moved, when, and how long every step (routes, addresses, announcements) took.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+
+log = logging.getLogger("dpagent")
 
 HISTORY = 32
 
@@ -55,7 +58,12 @@ class Transition:
 
 
 class StepTimer:
-    """Context manager timing one step of a transition; an exception marks the step failed."""
+    """Context manager timing one step of a transition.
+
+    An Exception inside the step (a netlink socket error, a sender that cannot
+    open its socket) marks the step failed, is logged, and goes no further: one
+    failing block must not stop the takeover or release of the others.
+    """
 
     def __init__(self, transition: Transition, name: str) -> None:
         self._step = Step(name, time.time())
@@ -69,10 +77,12 @@ class StepTimer:
     def __exit__(self, kind, exc, tb) -> bool:
         self._step.seconds = time.perf_counter() - self._t0
         self._step.done = True
-        if exc is not None:
-            self._step.ok = False
-            self._step.detail["error"] = f"{kind.__name__}: {exc}"
-        return False
+        if not isinstance(exc, Exception):
+            return False
+        self._step.ok = False
+        self._step.detail["error"] = f"{kind.__name__}: {exc}"
+        log.error("step %s failed", self._step.name, exc_info=(kind, exc, tb))
+        return True
 
 
 class History:

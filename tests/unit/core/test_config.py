@@ -118,7 +118,7 @@ def test_full_config_loads_every_field(workdir: Path) -> None:
         "control": {"socket": "/run/x.sock"},
         "heartbeat": [
             {"interface": "eth0", "group": "ff02::12", "port": 9000},
-            {"interface": "eth2", "peers": ["192.0.2.2", "2001:db8::2", "192.0.2.2"]},
+            {"interface": "eth2", "peers": ["192.0.2.2", "192.0.2.3", "192.0.2.2"]},
         ],
         "block": [
             {"name": "ext-1", "interface": "eth1", "prefixes": ["198.18.0.0/24", "2001:db8:1::/120"],
@@ -137,7 +137,7 @@ def test_full_config_loads_every_field(workdir: Path) -> None:
     assert config.control_socket == Path("/run/x.sock")
     assert config.heartbeat == (
         HeartbeatLink("eth0", ip_address("ff02::12"), (), 9000),
-        HeartbeatLink("eth2", None, (ip_address("192.0.2.2"), ip_address("2001:db8::2")), 7788),
+        HeartbeatLink("eth2", None, (ip_address("192.0.2.2"), ip_address("192.0.2.3")), 7788),
     )
     ext, gw = config.blocks
     assert ext == Block(
@@ -261,6 +261,14 @@ def with_change(where: str, key: str, value: object) -> dict:
 ])
 def test_error_message(workdir: Path, where: str, key: str, value: object, expected: str) -> None:
     assert one_error(workdir, with_change(where, key, value)) == f"DIR/dpagent.toml: {expected}"
+
+
+def test_heartbeat_peers_must_share_one_ip_version(workdir: Path) -> None:
+    document = minimal()
+    document["heartbeat"] = [{"interface": "eth0", "peers": ["192.0.2.2", "2001:db8::2"]}]
+    assert one_error(workdir, document) == (
+        'DIR/dpagent.toml: heartbeat[0].peers[1] = "2001:db8::2": is IPv6, but 192.0.2.2 is IPv4:'
+        " one heartbeat link speaks one IP version")
 
 
 def test_control_socket_too_long(workdir: Path) -> None:
