@@ -21,6 +21,16 @@ import pytest
 from agent.netns import enter, ip
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root for network namespaces")
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(skip)
+
+
 class NetnsFactory:
     def __init__(self) -> None:
         self.created: list[str] = []
