@@ -40,12 +40,12 @@ def render_status(status: dict) -> str:
         f"node {node['node_id']}  state {node['state']['name']} ({node['state']['number']})"
         f"  priority {node['priority']}  master {node.get('master') or '-'}",
     ]
-    if node.get("last_reason"):
-        lines.append(f"  last transition: {node['last_reason']}")
+    if node.get("last_transition"):
+        lines.append(f"  last transition: {node['last_transition']['reason']}")
     lines.append("peers:")
     for peer in node.get("peers", []):
         lines.append(
-            f"  node {peer['node_id']:<6} {peer['state']['name'] if isinstance(peer['state'], dict) else peer['state']:<12}"
+            f"  node {peer['node_id']:<6} {peer['state']:<12}"
             f" prio {peer['priority']:<4} last frame {_age(peer.get('age_s'))} ago"
             f" via {','.join(peer.get('links', [])) or '-'}"
         )

@@ -8,7 +8,7 @@
 # With DESTDIR the files are only staged below it (package builds, tests): no
 # user is created, nothing is chowned and systemd is not told.
 #
-# The agent runs as `dpagent` with CAP_NET_ADMIN and CAP_NET_RAW only, so it
+# The agent runs as `dpagent` with only the capabilities the unit lists, so it
 # owns its key (0600, as `dpagent check` wants it) and reads the root-owned
 # configuration through its group (0640).
 set -euo pipefail

@@ -480,6 +480,5 @@ class Node:
                 else round(now - self._preempt_since, 6),
             },
             "last_transition": last,
-            "last_reason": last["reason"] if last else None,
             "next_timer_in_s": None if timer is None else round(timer - now, 6),
         }

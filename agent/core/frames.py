@@ -20,7 +20,6 @@ ARPOP_REQUEST = 1
 ARPOP_REPLY = 2
 ICMPV6_NA = 136
 NA_ROUTER = 0x80
-NA_SOLICITED = 0x40
 NA_OVERRIDE = 0x20
 # RFC 4861 7.1.2: receivers drop neighbour discovery with any other hop limit.
 ND_HOP_LIMIT = 255

@@ -69,10 +69,6 @@ class RoundResult:
     cancelled: bool = False
     error: str | None = None
 
-    @property
-    def send_errors(self) -> int:
-        return sum(self.errors.values())
-
 
 class CancelFlag:
     """A flag in C memory that the native loop polls before every batch."""
@@ -82,9 +78,6 @@ class CancelFlag:
 
     def set(self) -> None:
         self._cell[0] = 1
-
-    def clear(self) -> None:
-        self._cell[0] = 0
 
     def is_set(self) -> bool:
         return bool(self._cell[0])

@@ -60,7 +60,7 @@ def _family(packed_len: int) -> int:
     return socket.AF_INET if packed_len == 4 else socket.AF_INET6
 
 
-def local_route(network: Network, proto: int, oif: int, *, delete: bool = False) -> bytes:
+def local_route(network: Network, proto: int, oif: int) -> bytes:
     """`local NETWORK dev OIF table local proto PROTO` as an RTM_NEWROUTE/DELROUTE body."""
     dst = network.network_address.packed
     body = _RTMSG.pack(
@@ -86,15 +86,6 @@ class BatchResult:
 
     applied: int = 0
     failed: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def error_count(self) -> int:
-        return sum(len(items) for items in self.failed.values())
-
-    def merge(self, other: BatchResult) -> None:
-        self.applied += other.applied
-        for name, items in other.failed.items():
-            self.failed.setdefault(name, []).extend(items)
 
 
 class Batcher:

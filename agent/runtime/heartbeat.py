@@ -24,10 +24,6 @@ _MAX_BATCH = 64
 Receiver = Callable[[bytes, str], None]
 
 
-def _if_index(name: str) -> int:
-    return socket.if_nametoindex(name)
-
-
 def _open_socket(link: HeartbeatLink) -> socket.socket:
     v6 = isinstance(link.group, IPv6Address) or any(isinstance(p, IPv6Address) for p in link.peers)
     family = socket.AF_INET6 if v6 else socket.AF_INET
@@ -43,7 +39,7 @@ def _open_socket(link: HeartbeatLink) -> socket.socket:
         if link.group is None:
             sock.bind(("::" if v6 else "0.0.0.0", link.port))
             return sock
-        index = _if_index(link.interface)
+        index = socket.if_nametoindex(link.interface)
         if v6:
             sock.bind(("::", link.port))
             mreq = link.group.packed + struct.pack("@I", index)

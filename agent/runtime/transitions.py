@@ -78,6 +78,8 @@ class StepTimer:
         self._step.seconds = time.perf_counter() - self._t0
         self._step.done = True
         if not isinstance(exc, Exception):
+            log.info("step %s: %.3f ms%s", self._step.name, self._step.seconds * 1000,
+                     "" if self._step.ok else " (failed)")
             return False
         self._step.ok = False
         self._step.detail["error"] = f"{kind.__name__}: {exc}"
@@ -93,9 +95,6 @@ class History:
         item = Transition(old, new, reason, time.time())
         self._items.append(item)
         return item
-
-    def latest(self) -> Transition | None:
-        return self._items[-1] if self._items else None
 
     def as_list(self) -> list[dict]:
         return [t.as_dict() for t in self._items]
