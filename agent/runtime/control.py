@@ -15,6 +15,7 @@ import inspect
 import json
 import logging
 import os
+import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -51,6 +52,17 @@ def parse_request(line: bytes) -> tuple[str, dict]:
     return verb, args
 
 
+def _answers(path: str) -> bool:
+    """Whether a live server listens on `path` (a stale socket file refuses connections)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 class ControlServer:
     def __init__(self, path: str, handlers: dict[str, Handler]) -> None:
         self.path = path
@@ -62,6 +74,8 @@ class ControlServer:
     async def start(self) -> None:
         socket_path = Path(self.path)
         socket_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if _answers(self.path):
+            raise ControlError(f"{self.path}: another dpagent is running and answers on it")
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
         old_umask = os.umask(0o177)

@@ -78,6 +78,7 @@ class Daemon:
         self.config_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="config",
                                               initializer=normal_priority)
         self._reload_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
         self.addresses: AddressPlane | None = None
         self.announcer = Announcer(self.loop)
         self.history = History()
@@ -288,6 +289,12 @@ class Daemon:
         self._admin(AdminVerb.MAINTENANCE_ON if mode == "on" else AdminVerb.MAINTENANCE_OFF)
         return {"message": f"maintenance {mode}; state {self.node.state.name}"}
 
+    def _reload_on_signal(self) -> None:
+        task = self.loop.create_task(self.reload())
+        # The loop keeps only weak references to tasks.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _cmd_reload(self) -> dict:
         problem = await self.reload()
         if problem:
@@ -382,6 +389,8 @@ class Daemon:
         if self.epoch_problem:
             log.error("%s; peers may drop this node's frames as replays after a restart with the clock behind",
                       self.epoch_problem)
+        # First, before touching the kernel: a second agent must not clean up the first one's routes.
+        await self.control.start()
         self.addresses = await self._run_netlink(AddressPlane)
         cleanup = await self._run_netlink(self.addresses.remove_leftovers)
         self.leftovers = cleanup.as_dict()
@@ -395,11 +404,10 @@ class Daemon:
         for name, (up, reason) in sorted(initial.items()):
             for event in self._link_events(name, up, reason):
                 self.node.receive(event, now)
-        await self.control.start()
         worker = self.loop.create_task(self._worker())
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stopping.set)
-        self.loop.add_signal_handler(signal.SIGHUP, lambda: self.loop.create_task(self.reload()))
+        self.loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
         self.node.start(self.loop.time())
         self._process()
         self.notifier.ready(f"{self.node.state.name}: started")

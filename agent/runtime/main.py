@@ -14,8 +14,10 @@ import uvloop
 
 from agent.core.config import DEFAULT_PATH, ConfigInvalid, format_errors, load_config, load_keys
 from agent.core.wire import KeyRing
+from agent.runtime.control import ControlError
 
 EXIT_CONFIG = 2
+EXIT_RUNNING = 1
 
 
 def _load(path: str):
@@ -61,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         print(format_errors(path, exc.errors), file=sys.stderr)
         print("dpagent: refusing to start with an invalid configuration", file=sys.stderr)
         return EXIT_CONFIG
-    uvloop.run(_run(config, keys))
+    try:
+        uvloop.run(_run(config, keys))
+    except ControlError as exc:
+        print(f"dpagent: {exc}", file=sys.stderr)
+        return EXIT_RUNNING
     return 0
 
 

@@ -215,3 +215,14 @@ def test_unicast_and_ipv6_multicast_heartbeats_elect_and_fail_over(lab, heartbea
     status = lab.wait_state(2, "MASTER", timeout=5)
     assert status["node"]["last_transition"]["reason"].startswith("resign")
     wait_holders(lab, [2])
+
+
+def test_a_second_agent_on_the_same_socket_refuses_and_leaves_the_first_alone(lab):
+    config = lab.write_config(1)
+    lab.start_agent(1, config)
+    lab.wait_state(1, "MASTER")
+    second = lab.exec("fw1", [sys.executable, "-m", "agent.runtime.main", "-c", str(config)], check=False)
+    assert second.returncode == 1
+    assert "another dpagent is running" in second.stderr
+    assert lab.state(1) == "MASTER"
+    wait_holders(lab, [1])
