@@ -60,6 +60,21 @@ NODES = {
 }
 
 
+@dataclass
+class Probe:
+    """A running agent.labprobe in the client namespace."""
+
+    proc: subprocess.Popen
+    out: Path
+
+    def finish(self, stop: bool = False) -> dict:
+        """The probe's record; `stop` ends it now instead of at the end of its duration."""
+        if stop and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        return json.loads(self.out.read_text())
+
+
 class Lab:
     """Build with `with Lab() as lab:`; every name is unique to this lab."""
 
@@ -162,6 +177,16 @@ class Lab:
         proc = subprocess.Popen(["ip", "netns", "exec", self.ns(role), *argv], start_new_session=True, **popen)
         self.procs.append(proc)
         return proc
+
+    def start_probe(self, seconds: float, block: str = BLOCK_V4, count: int = 64) -> Probe:
+        """1 ms echo requests from the client to `count` addresses spread over `block`."""
+        out = self.dir / f"probe-{secrets.token_hex(3)}.json"
+        proc = self.spawn("client", [sys.executable, "-m", "agent.labprobe", "--block", block, "--count", str(count),
+                                     "--duration", str(seconds), "--out", str(out)],
+                          stdout=subprocess.PIPE, text=True)
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the probe did not start")
+        return Probe(proc, out)
 
     def exec(self, role: str, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
         return _run(["ip", "netns", "exec", self.ns(role), *argv], check=check)
@@ -337,18 +362,13 @@ def demo(probe_count: int = 64) -> int:
         lab.wait_master_seen(2, 1)
         print("\n== fw1 (agentctl status) ==")
         print(render_status(lab.status(1)))
-        out = lab.dir / "probe.json"
-        probe = lab.spawn("client", [sys.executable, "-m", "agent.labprobe", "--block", BLOCK_V4,
-                                     "--count", str(probe_count), "--duration", "4", "--out", str(out)],
-                          stdout=subprocess.PIPE, text=True)
-        probe.stdout.readline()
+        probe = lab.start_probe(4.0, count=probe_count)
         print(f"\nprobing {probe_count} addresses across {BLOCK_V4} every 1 ms from the client")
         time.sleep(1.0)
         killed = lab.kill_node(1)
         print("fw1: agent SIGKILLed and its links set down")
         lab.wait_state(2, "MASTER", timeout=5)
-        probe.wait(timeout=30)
-        result = json.loads(out.read_text())
+        result = probe.finish()
         status = lab.status(2)
         took = status["transitions"][-1]
         gap = outage(result, killed)

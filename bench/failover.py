@@ -219,22 +219,6 @@ class Run:
     steps: dict = field(default_factory=dict)
 
 
-def start_probe(lab: Lab, block: str, seconds: float) -> tuple[subprocess.Popen, Path]:
-    out = lab.dir / "probe.json"
-    proc = lab.spawn("client", [sys.executable, "-m", "agent.labprobe", "--block", block, "--count", str(PROBE_TARGETS),
-                                "--duration", str(seconds), "--out", str(out)], stdout=subprocess.PIPE, text=True)
-    if proc.stdout.readline().strip() != "ready":
-        raise RuntimeError("probe did not start")
-    return proc, out
-
-
-def stop_probe(proc: subprocess.Popen, out: Path) -> dict:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
-    return json.loads(out.read_text())
-
-
 def analyse(result: dict, fail_at: float, old_mac: str, new_mac: str, timed_out: bool, ended_at: float) -> Run:
     run = Run(timed_out=timed_out)
     new_replies = [(t, seq) for seq, t, mac in result["replies"] if t > fail_at and mac == new_mac]
@@ -269,7 +253,7 @@ def one_run(system: Dpagent | Keepalived, block: str, case: str, timeout: float,
         system.start(lab, setup_timeout)
         steps = {"setup_s": time.monotonic() - t0}
         old_mac, new_mac = lab.mac("fw1", "ext0"), lab.mac("fw2", "ext0")
-        proc, out = start_probe(lab, block, WARMUP_S + timeout + SETTLE_S + 5)
+        probe = lab.start_probe(WARMUP_S + timeout + SETTLE_S + 5, block=block, count=PROBE_TARGETS)
         time.sleep(WARMUP_S)
         fail_at = system.fail(lab, case)
         recovered = system.wait_recovered(lab, timeout)
@@ -279,7 +263,7 @@ def one_run(system: Dpagent | Keepalived, block: str, case: str, timeout: float,
             if isinstance(system, Dpagent):
                 steps["worst_advert_gap_ms"] = system.worst_advert_gap_ms(lab)
         ended_at = time.time()
-        result = stop_probe(proc, out)
+        result = probe.finish(stop=True)
         run = analyse(result, fail_at, old_mac, new_mac, not recovered, ended_at)
         run.steps = steps
         return run

@@ -7,7 +7,6 @@ round alone must move every one of those entries to fw2's MAC.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import sys
 import time
@@ -15,6 +14,7 @@ import time
 import pytest
 
 from agent.lab import BLOCK_V4, BLOCK_V6, Lab
+from agent.labprobe import spread
 
 RESOLVED_V4 = 4096
 RESOLVED_V6 = 4096
@@ -35,12 +35,6 @@ for a in v6:
 def lab():
     with Lab() as built:
         yield built
-
-
-def spread(block: str, count: int) -> list[str]:
-    net = ipaddress.ip_network(block)
-    step = net.num_addresses // count
-    return [str(net.network_address + i * step) for i in range(count)]
 
 
 def neighbours(lab: Lab) -> dict[str, str | None]:

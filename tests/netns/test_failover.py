@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from agent.lab import BLOCK_V4, Lab
+from agent.lab import Lab
 from agent.labprobe import outage
 
 PROBE_SECONDS = 4.0
@@ -30,21 +30,6 @@ def start_pair(lab: Lab, **fw1_options) -> None:
     lab.wait_master_seen(2, 1)
 
 
-def start_probe(lab: Lab, seconds: float = PROBE_SECONDS) -> tuple[subprocess.Popen, str]:
-    out = str(lab.dir / "probe.json")
-    proc = lab.spawn("client", [sys.executable, "-m", "agent.labprobe", "--block", BLOCK_V4,
-                                "--count", "64", "--duration", str(seconds), "--out", out],
-                     stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    return proc, out
-
-
-def finish_probe(proc: subprocess.Popen, out: str) -> dict:
-    proc.wait(timeout=PROBE_SECONDS + 10)
-    with open(out) as fh:
-        return json.load(fh)
-
-
 def holders(lab: Lab) -> list[int]:
     return [n for n in (1, 2) if lab.holds_block(n)]
 
@@ -61,11 +46,11 @@ def test_node_death_moves_the_whole_block_and_traffic_resumes(lab):
     start_pair(lab)
     wait_holders(lab, [1])
     fw2_mac = lab.mac("fw2", "ext0")
-    proc, out = start_probe(lab)
+    probe = lab.start_probe(PROBE_SECONDS)
     time.sleep(0.5)
     killed_at = lab.kill_node(1)
     status = lab.wait_state(2, "MASTER", timeout=5)
-    result = finish_probe(proc, out)
+    result = probe.finish()
 
     # The heartbeat links are direct cables: their carrier loss tells fw2 at once.
     assert "carrier lost" in status["node"]["last_transition"]["reason"]
