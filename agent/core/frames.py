@@ -32,30 +32,19 @@ def _ethernet(dst: bytes, src: bytes, ethertype: int) -> bytes:
     return dst + src + struct.pack("!H", ethertype)
 
 
+def _gratuitous_arp(op: int, src_mac: bytes, address: bytes, target_mac: bytes) -> bytes:
+    header = _ethernet(BROADCAST_MAC, src_mac, ETH_P_ARP) + _ARP_HEADER + struct.pack("!H", op)
+    return header + src_mac + address + target_mac + address
+
+
 def arp_request(src_mac: bytes, address: bytes) -> bytes:
     """RFC 5227 ARP announcement: a broadcast request with sender = target = address."""
-    return (
-        _ethernet(BROADCAST_MAC, src_mac, ETH_P_ARP)
-        + _ARP_HEADER
-        + struct.pack("!H", ARPOP_REQUEST)
-        + src_mac
-        + address
-        + ZERO_MAC
-        + address
-    )
+    return _gratuitous_arp(ARPOP_REQUEST, src_mac, address, ZERO_MAC)
 
 
 def arp_reply(src_mac: bytes, address: bytes) -> bytes:
     """Broadcast gratuitous reply; Linux counts it as gratuitous only with a broadcast target MAC."""
-    return (
-        _ethernet(BROADCAST_MAC, src_mac, ETH_P_ARP)
-        + _ARP_HEADER
-        + struct.pack("!H", ARPOP_REPLY)
-        + src_mac
-        + address
-        + BROADCAST_MAC
-        + address
-    )
+    return _gratuitous_arp(ARPOP_REPLY, src_mac, address, BROADCAST_MAC)
 
 
 def checksum(data: bytes) -> int:
