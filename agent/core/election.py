@@ -287,7 +287,10 @@ class Node:
             peer.links.pop(link, None)
             if peer.master_until is None or peer.master_until <= now:
                 continue
-            recent = [n for n, t in peer.links.items() if now - t < self._config.dead_multiplier * peer.interval]
+            # A link that is down at our end reaches nobody, however recently heard on.
+            recent = [n for n, t in peer.links.items()
+                      if now - t < self._config.dead_multiplier * peer.interval
+                      and self._links.get(n, (LinkRole.HEARTBEAT, True, ""))[1]]
             if not recent:
                 peer.master_until = now
                 peer.lost_why = f"master {peer.node_id} unreachable: carrier lost on {link}"

@@ -5,6 +5,16 @@ partitions; nodes can stall (no timers, no reads, frames queue up) and be
 killed or restarted with a new epoch. The harness plays the runtime: it drains
 actions after every call, sends SendFrame bytes on every heartbeat link that is
 up at both ends, and checks TakeBlocks/ReleaseBlocks pairing as it goes.
+
+Two models of the heartbeat links. Switched (the default): every node's hb0
+reaches every other node's hb0 through a switch, which keeps carrier when a
+node dies, so the nodes learn nothing but silence. Direct cables
+(`direct_cables=True`): each heartbeat port is one end of a point-to-point
+cable, and a cable has carrier while the ports at both ends are up and both
+hosts alive. When a cable goes dark, the live end whose own port is still up
+is told what the runtime's link monitor tells the core (LinkChanged up with
+"no carrier", then CarrierLost) and loses the frames still on that cable,
+since the runtime reopens the port's socket on every link event.
 """
 
 from __future__ import annotations
@@ -17,13 +27,32 @@ import pytest
 
 from agent.core.actions import ReleaseBlocks, SendFrame, StateChanged, TakeBlocks
 from agent.core.election import ElectionConfig, Node
-from agent.core.events import Event, LinkChanged, LinkRole, LoopStalled, Shutdown
+from agent.core.events import CarrierLost, Event, LinkChanged, LinkRole, LoopStalled, Shutdown
 from agent.core.states import State
 from agent.core.wire import FrameType, KeyRing, decode
 
 KEYS = KeyRing(((1, b"k" * 32),))
 HEARTBEATS = ("hb0", "hb1")
 BLOCK = "ext0"
+NO_CARRIER = "no carrier"  # agent.runtime.linkmon's reason; not imported, to keep pyroute2 out
+
+Port = tuple[int, str]  # (node_id, heartbeat link name): one end of a direct cable
+
+
+def direct_cables_for(node_ids: list[int]) -> dict[Port, Port]:
+    """Each port's far end: two parallel cables for a pair, else one cable per pair (full mesh)."""
+    ids = sorted(node_ids)
+    if len(ids) == 2:
+        a, b = ids
+        pairs = [((a, name), (b, name)) for name in HEARTBEATS]
+    elif len(ids) == len(HEARTBEATS) + 1:
+        # Node x's k-th port goes to the k-th other node, in node_id order.
+        def port(x: int, y: int) -> Port:
+            return (x, HEARTBEATS[[o for o in ids if o != x].index(y)])
+        pairs = [(port(x, y), port(y, x)) for x in ids for y in ids if x < y]
+    else:
+        raise ValueError(f"no direct-cable layout for {len(ids)} nodes with {len(HEARTBEATS)} ports")
+    return {a: b for a, b in pairs} | {b: a for a, b in pairs}
 
 
 @dataclass(order=True)
@@ -44,7 +73,7 @@ class Member:
     up: bool = True  # False: crashed (no timers, frames lost)
     stalled_since: float | None = None
     stall_until: float = 0.0
-    backlog: list[_Flight] = field(default_factory=list)
+    backlog: list[_Flight | Event] = field(default_factory=list)  # read after the stall, in order
     links: dict[str, bool] = field(default_factory=dict)
     holds: bool = False
     term: int = 0
@@ -54,7 +83,7 @@ class Member:
 
 class Cluster:
     def __init__(self, configs: list[ElectionConfig], latency: float = 0.001,
-                 keys: KeyRing = KEYS, seed: int = 0) -> None:
+                 keys: KeyRing = KEYS, seed: int = 0, direct_cables: bool = False) -> None:
         self.now = 0.0
         self.latency = latency
         self.loss = 0.0
@@ -63,6 +92,8 @@ class Cluster:
         self.rng = random.Random(seed)
         self.partitions: set[frozenset[int]] = set()
         self.members = {c.node_id: self._member(c, epoch=1) for c in configs}
+        self.cables: dict[Port, Port] | None = (
+            direct_cables_for(list(self.members)) if direct_cables else None)
         self.log: list[tuple[float, int, StateChanged]] = []
         self.sent: list[tuple[float, int, bytes]] = []
         self.heard: dict[tuple[int, int], tuple[int, int]] = {}
@@ -83,7 +114,12 @@ class Cluster:
             member = self.members[nid]
             for name, up in member.links.items():
                 role = LinkRole.BLOCK if name == BLOCK else LinkRole.HEARTBEAT
-                member.node.receive(LinkChanged(name, role, up), self.now)
+                if up and role is LinkRole.HEARTBEAT and self._dark((nid, name)):
+                    # What the runtime reads at start-up from a port whose far end is dark.
+                    member.node.receive(LinkChanged(name, role, True, NO_CARRIER), self.now)
+                    member.node.receive(CarrierLost(name), self.now)
+                else:
+                    member.node.receive(LinkChanged(name, role, up), self.now)
             member.node.start(self.now)
             self._drain(nid)
 
@@ -93,25 +129,34 @@ class Cluster:
 
     def set_link(self, node_id: int, name: str, up: bool) -> None:
         member = self.members[node_id]
+        dark = self._dark_ports()
         member.links[name] = up
         role = LinkRole.BLOCK if name == BLOCK else LinkRole.HEARTBEAT
         if member.up:
             self.event(node_id, LinkChanged(name, role, up, "carrier lost" if not up else ""))
+        self._carrier_changed(dark, node_id)
 
     def kill(self, node_id: int) -> None:
-        """Crash: the node sends nothing more and hears nothing; its blocks are gone."""
+        """Crash: the node sends nothing more and hears nothing; its blocks are gone.
+
+        With direct cables, the host is gone too: its cables go dark."""
         member = self.members[node_id]
+        dark = self._dark_ports()
         member.up = False
         member.holds = False
+        self._carrier_changed(dark, node_id)
 
     def restart(self, node_id: int, graceful: bool = True) -> None:
         member = self.members[node_id]
         if graceful and member.up:
             self.event(node_id, Shutdown())
+        dark = self._dark_ports()
         member.epochs += 1
         fresh = self._member(member.config, member.epochs)
         fresh.links, fresh.epochs, fresh.term = member.links, member.epochs, member.term
         self.members[node_id] = fresh
+        # A crashed host's cables light up as it boots, before the agent starts.
+        self._carrier_changed(dark, node_id)
         self.start(node_id)
 
     def stall(self, node_id: int, duration: float) -> None:
@@ -168,8 +213,11 @@ class Cluster:
         member.stalled_since = None
         self.event(node_id, LoopStalled(lag))
         backlog, member.backlog = member.backlog, []
-        for flight in backlog:
-            self._receive(flight)
+        for item in backlog:
+            if isinstance(item, _Flight):
+                self._receive(item)
+            else:
+                self.event(node_id, item)
         self._timer(node_id)
 
     def _land(self) -> None:
@@ -228,16 +276,63 @@ class Cluster:
     def _send(self, src: int, data: bytes) -> None:
         sender = self.members[src]
         self.sent.append((self.now, src, data))
-        for dst in self.members:
-            if dst == src or frozenset((src, dst)) in self.partitions:
+        for link in HEARTBEATS:
+            if not sender.links[link]:
                 continue
-            for link in HEARTBEATS:
-                if not sender.links[link] or self.rng.random() < self.loss:
+            for dst, dst_link in self._reach((src, link)):
+                if frozenset((src, dst)) in self.partitions or self.rng.random() < self.loss:
                     continue
                 delay = self.latency + self.rng.random() * self.jitter
                 self._order += 1
                 heapq.heappush(self._flights, _Flight(
-                    self.now + delay, self._order, dst, link, data, src, sender.term))
+                    self.now + delay, self._order, dst, dst_link, data, src, sender.term))
+
+    def _reach(self, port: Port) -> list[Port]:
+        """The ports a frame sent on this port arrives at."""
+        src, link = port
+        if self.cables is None:
+            return [(dst, link) for dst in self.members if dst != src]
+        return [] if self._dark(port) else [self.cables[port]]
+
+    # -- direct cables ------------------------------------------------------
+
+    def _dark(self, port: Port) -> bool:
+        """A direct cable without carrier: a port at either end down, or a host dead."""
+        if self.cables is None:
+            return False
+        return not all(self.members[n].up and self.members[n].links[name]
+                       for n, name in (port, self.cables[port]))
+
+    def _dark_ports(self) -> set[Port]:
+        return {port for port in self.cables or () if self._dark(port)}
+
+    def _carrier_changed(self, dark_before: set[Port], cause: int) -> None:
+        """Tell the far ends of the cables that went dark or lit up, as the runtime would.
+
+        The node that caused the change (its port, its host) already knows; the far
+        end hears it only when it is alive with its own port up (else its carrier was
+        never there to lose)."""
+        dark = self._dark_ports()
+        for port in sorted(dark - dark_before):
+            self._flights = [f for f in self._flights
+                             if (f.dst, f.link) not in (port, self.cables[port])]
+            heapq.heapify(self._flights)
+            node_id, name = port
+            if node_id != cause and self.members[node_id].up and self.members[node_id].links[name]:
+                self._notify(node_id, [LinkChanged(name, LinkRole.HEARTBEAT, True, NO_CARRIER),
+                                       CarrierLost(name)])
+        for node_id, name in sorted(dark_before - dark):
+            if node_id != cause:
+                self._notify(node_id, [LinkChanged(name, LinkRole.HEARTBEAT, True)])
+
+    def _notify(self, node_id: int, events: list[Event]) -> None:
+        """A link event from the kernel: a stalled loop reads it after what queued before it."""
+        member = self.members[node_id]
+        if member.stalled_since is not None:
+            member.backlog.extend(events)
+            return
+        for event in events:
+            self.event(node_id, event)
 
     # -- observations -----------------------------------------------------
 

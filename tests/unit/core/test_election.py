@@ -371,3 +371,11 @@ def test_carrier_lost_on_one_link_while_heard_on_the_other_changes_nothing(clust
     c.run_for(1.0)
     assert c.masters() == [1]
     assert len(c.log) == before
+
+
+def test_a_link_down_at_our_end_does_not_count_as_a_way_to_hear_the_master(cluster_class):
+    c = settled(cluster_class)
+    c.set_link(2, "hb0", False)
+    c.kill(1)
+    c.event(2, CarrierLost("hb1"))
+    assert c.node(2).state is State.MASTER

@@ -3,7 +3,9 @@
 Each example builds a Cluster (conftest.py), applies a random schedule of
 packet loss, extra delay (which also reorders), partitions, node stalls,
 crashes, graceful restarts with a new epoch, heartbeat and block link faults
-and admin failovers, then heals everything at time T and runs on.
+and admin failovers, then heals everything at time T and runs on. The
+heartbeat links are drawn as switched (a dead peer is only silence) or as
+direct cables (a cut cable or a dead host is also CarrierLost at the far end).
 
 Properties:
 
@@ -25,11 +27,24 @@ Properties:
    during X's current mastership and Y heard X during Y's current one: the
    worse-ranked of the two steps down the moment it hears the better.
 
+3. Takeover bound. Once property 1 has held for a while, kill the master:
+   by TAKEOVER[model] after the kill exactly one node is master, and it stays
+   the only one. Over direct cables the kill is CarrierLost on every cable the
+   master was heard on, so every backup learns it at the same instant and the
+   best one takes over at once; the bound is one advert interval (a better
+   backup it still believes live) + latency, not the dead interval, and the
+   winner must be the best remaining node. Switched, the bound is the dead
+   interval after the last advert, which may land up to one worst delay after
+   the kill, and the winner is whoever's belief ran out first (a backup does
+   not wait for a yielding better one). Checked after the chaos test's heal,
+   and for a cabled pair some of whose cable ends were cut shortly before the
+   master died (a cable cut at the backup's own end is no way to hear it).
+
 Also checked on every step by the Cluster itself: TakeBlocks/ReleaseBlocks
 strictly alternate per node, and a node holds blocks iff it is MASTER.
 """
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from agent.core.election import ElectionConfig
@@ -40,6 +55,8 @@ INTERVAL = 0.05
 DEAD = 3 * INTERVAL
 LATENCY = 0.001
 MAX_JITTER = 0.03
+HEARTBEATS = ("hb0", "hb1")  # conftest's heartbeat links
+TAKEOVER = {True: INTERVAL + LATENCY, False: DEAD + LATENCY + MAX_JITTER}  # by direct_cables
 
 node_ids = st.integers(1, 3)
 ops = st.one_of(
@@ -50,7 +67,7 @@ ops = st.one_of(
     st.tuples(st.just("stall"), node_ids, st.sampled_from([0.05, 0.12, 0.2, 0.5])),
     st.tuples(st.just("kill"), node_ids),
     st.tuples(st.just("restart"), node_ids, st.booleans()),
-    st.tuples(st.just("link"), node_ids, st.sampled_from(["hb0", "hb1", "ext0"]), st.booleans()),
+    st.tuples(st.just("link"), node_ids, st.sampled_from([*HEARTBEATS, "ext0"]), st.booleans()),
     st.tuples(st.just("failover"), node_ids),
 )
 schedules = st.lists(st.tuples(st.floats(0.0, 0.4), ops), max_size=12)
@@ -107,8 +124,31 @@ def heal(cluster) -> None:
                 cluster.set_link(nid, link, True)
 
 
+def check_fast_takeover(cluster, direct_cables: bool) -> None:
+    """Property 3, from a cluster that has had exactly one master for a while."""
+    (master,) = cluster.masters()
+    best = max((n for n in cluster.members if n != master), key=lambda n: cluster.node(n).rank)
+    killed_at = cluster.now
+    cluster.kill(master)
+    cluster.run_until(killed_at + TAKEOVER[direct_cables], check_no_mutual_masters)
+    masters = cluster.masters()
+    assert len(masters) == 1, (direct_cables, cluster.states(), cluster.log[-6:])
+    (winner,) = masters
+    if direct_cables:
+        # Every backup hears the carrier loss at the same instant: no race, the best wins.
+        # (Switched, a worse backup may win it: backups do not wait for a yielding better one.)
+        assert winner == best, (cluster.states(), cluster.log[-6:])
+
+    def only_winner(c) -> None:
+        check_no_mutual_masters(c)
+        assert c.masters() == [winner], (c.now - killed_at, c.states(), c.log[-6:])
+
+    cluster.run_for(1.0, only_winner)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
+    direct_cables=st.booleans(),
     n=st.sampled_from([2, 3]),
     priorities=st.lists(st.sampled_from([50, 100, 100, 200]), min_size=3, max_size=3),
     preempt=st.booleans(),
@@ -116,11 +156,11 @@ def heal(cluster) -> None:
     schedule=schedules,
     seed=st.integers(0, 2**16),
 )
-def test_chaos_then_heal_gives_one_master(cluster_class, n, priorities, preempt, preempt_delay,
-                                          schedule, seed):
+def test_chaos_then_heal_gives_one_master(cluster_class, direct_cables, n, priorities, preempt,
+                                          preempt_delay, schedule, seed):
     configs = [ElectionConfig(i + 1, priorities[i], preempt=preempt, preempt_delay=preempt_delay)
                for i in range(n)]
-    cluster = cluster_class(configs, latency=LATENCY, seed=seed)
+    cluster = cluster_class(configs, latency=LATENCY, seed=seed, direct_cables=direct_cables)
     cluster.start()
     cluster.run_for(0.5, check_no_mutual_masters)
     for wait, op in schedule:
@@ -137,3 +177,32 @@ def test_chaos_then_heal_gives_one_master(cluster_class, n, priorities, preempt,
 
     exactly_one(cluster)
     cluster.run_for(1.0, exactly_one)
+    check_fast_takeover(cluster, direct_cables)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    priorities=st.lists(st.sampled_from([50, 100, 200]), min_size=2, max_size=2),
+    preempt=st.booleans(),
+    cut=st.sets(st.tuples(st.sampled_from(["master", "backup"]), st.sampled_from(HEARTBEATS))),
+    lead=st.floats(0.0, 2 * DEAD),
+    jitter=st.sampled_from([0.0, 0.01, MAX_JITTER]),
+    seed=st.integers(0, 2**16),
+)
+def test_cabled_pair_takes_over_at_once_whatever_cable_ends_were_cut(
+        cluster_class, priorities, preempt, cut, lead, jitter, seed):
+    """Property 3 for a pair over direct cables, some of whose ends were cut `lead` s
+    before the master died, as long as one cable still joined them."""
+    assume(len({link for _, link in cut}) < len(HEARTBEATS))
+    configs = [ElectionConfig(i + 1, priorities[i], preempt=preempt) for i in range(2)]
+    cluster = cluster_class(configs, latency=LATENCY, seed=seed, direct_cables=True)
+    cluster.jitter = jitter
+    cluster.start()
+    cluster.run_for(1.0, check_no_mutual_masters)
+    (master,) = cluster.masters()
+    (backup,) = set(cluster.members) - {master}
+    for end, link in sorted(cut):
+        cluster.set_link(master if end == "master" else backup, link, False)
+    cluster.run_for(lead, check_no_mutual_masters)
+    assert cluster.masters() == [master], "one whole cable still joins them"
+    check_fast_takeover(cluster, direct_cables=True)
