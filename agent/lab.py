@@ -371,12 +371,12 @@ def demo(probe_count: int = 64) -> int:
         result = probe.finish()
         status = lab.status(2)
         took = status["transitions"][-1]
-        gap = outage(result, killed)
         fw2_mac = lab.mac("fw2", "ext0")
+        gap = outage(result, killed, fw2_mac)
         events = [
-            (gap.last_before - killed, "last reply before the outage"),
+            (gap.last_before - killed, "last reply from fw1"),
             (took["at"] - killed, f"fw2 {took['old']} -> {took['new']}: {took['reason']}"),
-            (gap.first_after - killed, "first reply after the outage"),
+            (gap.first_after - killed, "first reply from fw2"),
         ]
         for step in took["steps"]:
             events.append((step["started"] - killed, f"step {step['name']:<14} took {step['seconds'] * 1000:.1f} ms"
@@ -384,8 +384,9 @@ def demo(probe_count: int = 64) -> int:
         print("\n== timeline (t = 0 at the kill; fw1's kernel answers until its links are down) ==")
         for at, what in sorted(events):
             print(f"{_ms(at)}  {what}")
-        print(f"\noutage {gap.seconds * 1000:.1f} ms; {gap.lost} probes lost; replies after it came from "
-              + ", ".join("fw2" if m == fw2_mac else m for m in gap.macs_after))
+        print(f"\noutage {gap.seconds * 1000:.1f} ms (last reply from fw1 to first from fw2); longest silence "
+              f"{gap.worst_gap * 1000:.1f} ms while the announcement crossed the block; {gap.lost} probes lost;"
+              " replies after it came from " + ", ".join("fw2" if m == fw2_mac else m for m in gap.macs_after))
         print("\n== fw2 (agentctl status) ==")
         print(render_status(status))
     print(f"\nlab {lab.prefix} removed")
