@@ -234,7 +234,10 @@ def main() -> int:
     parser.add_argument("--realtime", action="store_true",
                         help="run the unpaced rounds at SCHED_FIFO priority 10 (for a machine others are loading)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "garp.json")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, 4 arping processes")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.paced_repeats, args.arping_addresses = 1, 1, 4
 
     hosts = [BLOCK.network_address + i for i in range(args.addresses)]
     packed = [a.packed for a in hosts]

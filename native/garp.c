@@ -35,6 +35,8 @@
 
 /* Largest frame: Ethernet 14 + IPv6 40 + NA 24 + link-layer option 8. */
 #define GARP_FRAME_MAX 86
+/* First flush of an unpaced round; each later one doubles up to a full batch. */
+#define GARP_FIRST_FLUSH 64
 #define ARP_FRAME_LEN 42
 #define NA_FRAME_LEN 86
 
@@ -538,7 +540,7 @@ int garp_send(struct garp_sender *s, const struct garp_params *p,
 	      const volatile int32_t *cancel, struct garp_result *res)
 {
 	struct garp_round r = { .tmpl = s->frames[0], .kind = p->kind };
-	unsigned int batch, burst, n, i;
+	unsigned int batch, burst, flush, n, i;
 	uint64_t t0;
 	uint32_t done = 0;
 	int status = 0;
@@ -574,6 +576,10 @@ int garp_send(struct garp_sender *s, const struct garp_params *p,
 		burst = p->pps / 1000;
 		burst = burst < 1 ? 1 : burst > batch ? batch : burst;
 	}
+	/* Unpaced, start small: the first neighbours hear of the move before a
+	 * whole ring's worth of frames is queued ahead of their update. */
+	n = p->pps ? burst : GARP_FIRST_FLUSH;
+	flush = n < burst ? n : burst;
 	while (done < count) {
 		if (is_cancelled(cancel)) {
 			res->cancelled = 1;
@@ -584,7 +590,7 @@ int garp_send(struct garp_sender *s, const struct garp_params *p,
 			res->cancelled = 1;
 			break;
 		}
-		n = count - done < burst ? count - done : burst;
+		n = count - done < flush ? count - done : flush;
 		if (s->ring) {
 			status = ring_batch(s, &r, addrs + (size_t)done * r.alen, n, cancel, res);
 		} else {
@@ -601,6 +607,7 @@ int garp_send(struct garp_sender *s, const struct garp_params *p,
 		if (status)
 			break;
 		done += n;
+		flush = flush * 2 < burst ? flush * 2 : burst;
 	}
 out:
 	/* After a fatal error the interface may be re-created under the same index: bind again next time. */

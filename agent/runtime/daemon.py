@@ -289,11 +289,14 @@ class Daemon:
         self._admin(AdminVerb.MAINTENANCE_ON if mode == "on" else AdminVerb.MAINTENANCE_OFF)
         return {"message": f"maintenance {mode}; state {self.node.state.name}"}
 
-    def _reload_on_signal(self) -> None:
-        task = self.loop.create_task(self.reload())
+    def _spawn(self, coroutine) -> None:
+        task = self.loop.create_task(coroutine)
         # The loop keeps only weak references to tasks.
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _reload_on_signal(self) -> None:
+        self._spawn(self.reload())
 
     async def _cmd_reload(self) -> dict:
         problem = await self.reload()
@@ -344,6 +347,8 @@ class Daemon:
             self._enqueue(take=False, blocks=gone)
         for block in added:
             self.held.setdefault(block.name, False)
+        if added:
+            self._spawn(self.announcer.prepare(added))
         if added and self.node.state is State.MASTER:
             self._enqueue(take=True, blocks=added)
         self.reloads["ok"] += 1
@@ -396,6 +401,7 @@ class Daemon:
         self.leftovers = cleanup.as_dict()
         if cleanup.applied:
             log.warning("removed %d leftover routes/addresses of an earlier run", cleanup.applied)
+        await self.announcer.prepare(self.config.blocks)
         watched = set(self.ports) | {b.interface for b in self.config.blocks}
         initial = await self._run_netlink(read_links, watched)
         self.monitor = LinkMonitor(self.loop, watched, self._on_link, self.netlink_pool)
