@@ -4,7 +4,9 @@
 - 65,536 loose IPv4 addresses: dpagent's /32 local routes packed with struct and
   sent 512 per sendmsg, against pyroute2 sending one message at a time (the
   library dpagent uses everywhere else), and against the classic up-script's one
-  `ip addr add` process per address (timed on a sample, extrapolated).
+  `ip addr add` process per address (timed on a sample and extrapolated
+  linearly: a lower bound, as the kernel's cost per interface address grows
+  with the number already there).
 - 4,096 IPv6 addresses (NDP only answers for interface addresses), and the worst
   event-loop lag while they are added with 8 and with 512 messages per sendmsg:
   rtnetlink applies one sendmsg without rescheduling, so the batch size decides
