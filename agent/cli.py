@@ -52,7 +52,8 @@ def render_status(status: dict) -> str:
     lines.append("heartbeat links:")
     for link in status.get("links", []):
         lines.append(
-            f"  {link['name']:<12} {'up' if link['up'] else 'DOWN'}  send errors {link['send_errors']}"
+            f"  {link['name']:<12} {'open' if link['up'] else 'CLOSED':<7} link {link.get('kernel', '-'):<22}"
+            f" send errors {link['send_errors']}"
             + (f"  ({link['last_error']})" if link.get("last_error") else "")
         )
     lines.append("blocks:")

@@ -363,7 +363,8 @@ class Daemon:
         return {
             "node": self.node.snapshot(now),
             "links": [
-                {"name": name, "up": port.is_open, "send_errors": port.send_errors, "last_error": port.last_error}
+                {"name": name, "up": port.is_open, "kernel": self.monitor.describe(name) if self.monitor else "unknown",
+                 "send_errors": port.send_errors, "last_error": port.last_error}
                 for name, port in self.ports.items()
             ],
             "blocks": [

@@ -79,6 +79,10 @@ class LinkMonitor:
         self._state = dict(initial)
         self._loop.add_reader(self._sock.fileno(), self._on_readable)
 
+    def describe(self, name: str) -> str:
+        """The kernel's view of a watched link: "up", "no carrier", "administratively down", ..."""
+        return self._state.get(name, (False, "unknown"))[1]
+
     def close(self) -> None:
         self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
