@@ -20,7 +20,7 @@ import re
 import socket
 import stat
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.core.packing import pack_addresses
@@ -139,6 +139,8 @@ class Config:
     key_file: Path
     control_socket: Path
     blocks: tuple[Block, ...]
+    # (key id, secret) pairs from key_file, the sending key first; never printed.
+    keys: tuple[tuple[int, bytes], ...] = field(default=(), repr=False)
 
 
 def format_errors(path: str | Path, errors: tuple[ConfigError, ...] | list[ConfigError]) -> str:
@@ -281,13 +283,14 @@ def _build_config(path: Path, document: dict, errors: list[ConfigError]) -> Conf
     base = path.parent
     top = _Table(document, "", errors, _TOP_KEYS)
     node = _node(top.table_of("node"), base, errors)
-    key_file = _auth(top.table_of("auth"), base, errors)
+    auth = _auth(top.table_of("auth"), base, errors)
     control_socket = _control(top.table_of("control"), base, errors)
     heartbeat = _heartbeats(top.tables_of("heartbeat"), errors)
     blocks = _blocks(top.tables_of("block"), base, errors)
-    if None in (node, key_file, control_socket, heartbeat, blocks):
+    if None in (node, auth, control_socket, heartbeat, blocks):
         return None
-    return Config(path, node, heartbeat, key_file, control_socket, blocks)  # type: ignore[arg-type]
+    key_file, keys = auth  # type: ignore[misc]
+    return Config(path, node, heartbeat, key_file, control_socket, blocks, keys)  # type: ignore[arg-type]
 
 
 def _node(table: dict | None, base: Path, errors: list[ConfigError]) -> NodeConfig | None:
@@ -313,7 +316,7 @@ def _node(table: dict | None, base: Path, errors: list[ConfigError]) -> NodeConf
     return NodeConfig(*values)  # type: ignore[arg-type]
 
 
-def _auth(table: dict | None, base: Path, errors: list[ConfigError]) -> Path | None:
+def _auth(table: dict | None, base: Path, errors: list[ConfigError]) -> tuple[Path, tuple[tuple[int, bytes], ...]] | None:
     if table is None:
         return None
     t = _Table(table, "auth", errors, ("key_file",))
@@ -322,8 +325,8 @@ def _auth(table: dict | None, base: Path, errors: list[ConfigError]) -> Path | N
         return None
     key_file = base / text
     before = len(errors)
-    _load_keys(key_file, "auth.key_file", errors)
-    return key_file if len(errors) == before else None
+    keys = _load_keys(key_file, "auth.key_file", errors)
+    return (key_file, keys) if len(errors) == before else None
 
 
 def _control(table: dict | None, base: Path, errors: list[ConfigError]) -> Path | None:

@@ -15,10 +15,9 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from agent.core.actions import ReleaseBlocks, SendFrame, StateChanged, TakeBlocks
-from agent.core.config import Block, Config, ConfigInvalid, format_errors, load_config, load_keys
+from agent.core.config import Block, Config, ConfigInvalid, format_errors, load_config
 from agent.core.election import ElectionConfig, Node
 from agent.core.events import AdminCommand, AdminVerb, CarrierLost, LinkChanged, LinkRole, LoopStalled, Shutdown
 from agent.core.states import State
@@ -52,11 +51,6 @@ def election_config(config: Config) -> ElectionConfig:
     )
 
 
-def _load(path: Path) -> tuple[Config, KeyRing]:
-    config = load_config(path)
-    return config, KeyRing(load_keys(config.key_file))
-
-
 @dataclass(frozen=True)
 class _Job:
     """One unit of transition work, run in order by the transition worker."""
@@ -67,11 +61,11 @@ class _Job:
 
 
 class Daemon:
-    def __init__(self, config: Config, keys: KeyRing) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
         epoch, self.epoch_problem = next_epoch(config.node.state_dir, time.time_ns())
-        self.node = Node(election_config(config), keys, epoch=epoch)
+        self.node = Node(election_config(config), KeyRing(config.keys), epoch=epoch)
         self.ports = {link.interface: HeartbeatPort(link, self.loop, self._on_datagram) for link in config.heartbeat}
         self.netlink_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink",
                                                initializer=normal_priority)
@@ -313,10 +307,10 @@ class Daemon:
         async with self._reload_lock:
             self.notifier.reloading()
             try:
-                new, keys = await self.loop.run_in_executor(self.config_pool, _load, self.config.path)
+                new = await self.loop.run_in_executor(self.config_pool, load_config, self.config.path)
             except ConfigInvalid as exc:
                 return self._refuse_reload(format_errors(self.config.path, exc.errors), "configuration invalid")
-            return self._apply_reload(new, keys)
+            return self._apply_reload(new)
 
     def _refuse_reload(self, message: str, summary: str) -> str:
         self.reloads["failed"] += 1
@@ -324,13 +318,13 @@ class Daemon:
         self.notifier.ready(f"reload refused: {summary}")
         return message
 
-    def _apply_reload(self, new: Config, keys: KeyRing) -> str | None:
+    def _apply_reload(self, new: Config) -> str | None:
         fixed = ("node", "heartbeat", "control_socket")
         changed = [name for name in fixed if getattr(new, name) != getattr(self.config, name)]
         if changed:
             message = f"reload refused: {', '.join(changed)} changed; these need a restart"
             return self._refuse_reload(message, message.removeprefix("reload refused: "))
-        self.node.set_keys(keys)
+        self.node.set_keys(KeyRing(new.keys))
         old_blocks = {b.name: b for b in self.config.blocks}
         new_blocks = {b.name: b for b in new.blocks}
         gone = tuple(b for name, b in old_blocks.items() if new_blocks.get(name) != b)

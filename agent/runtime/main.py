@@ -12,22 +12,16 @@ import sys
 
 import uvloop
 
-from agent.core.config import DEFAULT_PATH, ConfigInvalid, format_errors, load_config, load_keys
-from agent.core.wire import KeyRing
+from agent.core.config import DEFAULT_PATH, Config, ConfigInvalid, format_errors, load_config
 from agent.runtime.control import ControlError
 
 EXIT_CONFIG = 2
 EXIT_RUNNING = 1
 
 
-def _load(path: str):
-    config = load_config(path)
-    return config, KeyRing(load_keys(config.key_file))
-
-
 def check(path: str) -> int:
     try:
-        config, _keys = _load(path)
+        config = load_config(path)
     except ConfigInvalid as exc:
         print(format_errors(path, exc.errors), file=sys.stderr)
         return EXIT_CONFIG
@@ -37,10 +31,11 @@ def check(path: str) -> int:
     return 0
 
 
-async def _run(config, keys) -> None:
+async def _run(config: Config) -> None:
+    # Imported here so `dpagent check` works without the native build.
     from agent.runtime.daemon import Daemon
 
-    await Daemon(config, keys).run()
+    await Daemon(config).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,13 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     try:
-        config, keys = _load(path)
+        config = load_config(path)
     except ConfigInvalid as exc:
         print(format_errors(path, exc.errors), file=sys.stderr)
         print("dpagent: refusing to start with an invalid configuration", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        uvloop.run(_run(config, keys))
+        uvloop.run(_run(config))
     except ControlError as exc:
         print(f"dpagent: {exc}", file=sys.stderr)
         return EXIT_RUNNING

@@ -134,6 +134,7 @@ def test_full_config_loads_every_field(workdir: Path) -> None:
     assert isinstance(config.node.advert_interval, float)
     assert config.node.dead_interval == 20.0
     assert config.key_file == workdir / "key"
+    assert config.keys == ((1, bytes.fromhex(SECRET)),)
     assert config.control_socket == Path("/run/x.sock")
     assert config.heartbeat == (
         HeartbeatLink("eth0", ip_address("ff02::12"), (), 9000),
