@@ -14,7 +14,7 @@ import logging
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agent.core.actions import ReleaseBlocks, SendFrame, StateChanged, TakeBlocks
 from agent.core.config import Block, Config, ConfigInvalid, format_errors, load_config
@@ -60,6 +60,24 @@ class _Job:
     transition: Transition
 
 
+@dataclass(frozen=True)
+class _Adjust:
+    """A held block redefined on reload: what is new goes in, then what is gone comes
+    out, then the whole block is announced again. It is never released in between,
+    so editing an address file does not flap the addresses that stay."""
+
+    old: Block
+    new: Block
+    transition: Transition
+
+
+def _without(block: Block, other: Block) -> Block:
+    """The part of `block` that `other` does not have."""
+    addresses = set(other.addresses)
+    return replace(block, prefixes=tuple(p for p in block.prefixes if p not in other.prefixes),
+                   addresses=tuple(a for a in block.addresses if a not in addresses))
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -96,7 +114,7 @@ class Daemon:
         self.scheduling = "normal"
         self.state_changes = 0
         self.stalls = 0
-        self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        self._jobs: asyncio.Queue[_Job | _Adjust] = asyncio.Queue()
         self._transition: Transition | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: float | None = None
@@ -218,7 +236,9 @@ class Daemon:
         while True:
             job = await self._jobs.get()
             try:
-                if job.take:
+                if isinstance(job, _Adjust):
+                    await self._adjust(job)
+                elif job.take:
                     await self._take(job)
                 else:
                     await self._release(job)
@@ -263,6 +283,26 @@ class Daemon:
             # A release that raised may have left routes behind: the next one retries.
             if "error" not in step.detail:
                 self.held[block.name] = False
+
+    async def _adjust(self, job: _Adjust) -> None:
+        name = job.new.name
+        if not self.held.get(name):
+            return
+        with StepTimer(job.transition, f"take:{name}") as step:
+            result = await self._run_netlink(self.addresses.take, _without(job.new, job.old))
+            step.detail = result.as_dict()
+            step.ok = not result.errors and result.problem is None
+        with StepTimer(job.transition, f"release:{name}") as step:
+            result = await self._run_netlink(self.addresses.release, _without(job.old, job.new))
+            step.detail = result.as_dict()
+            step.ok = not result.errors
+        if self.node.state is not State.MASTER:
+            return
+        with StepTimer(job.transition, f"announce:{name}") as step:
+            result = await self.announcer.first_round(job.new)
+            step.detail = {"frames_sent": result.frames_sent, "errors": dict(result.errors),
+                           "error": result.error, "cancelled": result.cancelled}
+            step.ok = result.error is None and not result.errors
 
     # --- control verbs ---------------------------------------------------------------
 
@@ -327,10 +367,20 @@ class Daemon:
         self.node.set_keys(KeyRing(new.keys))
         old_blocks = {b.name: b for b in self.config.blocks}
         new_blocks = {b.name: b for b in new.blocks}
-        gone = tuple(b for name, b in old_blocks.items() if new_blocks.get(name) != b)
-        added = tuple(b for name, b in new_blocks.items() if old_blocks.get(name) != b)
+        gone = [b for name, b in old_blocks.items() if name not in new_blocks]
+        added = [b for name, b in new_blocks.items() if name not in old_blocks]
+        adjusted = []
+        for name in old_blocks.keys() & new_blocks.keys():
+            old, block = old_blocks[name], new_blocks[name]
+            if old == block:
+                continue
+            if old.interface == block.interface and self.held.get(name):
+                adjusted.append((old, block))
+            else:
+                gone.append(old)
+                added.append(block)
         self.config = new
-        if gone or added:
+        if gone or added or adjusted:
             # Its own history entry, not more steps of whatever state change came last.
             state = self.node.state.name
             self._transition = self.history.begin(state, state, "reload")
@@ -338,15 +388,18 @@ class Daemon:
             self.announcer.forget(block.name)
         if gone:
             # Still marked held, so the release job removes exactly what the agent had added.
-            self._enqueue(take=False, blocks=gone)
+            self._enqueue(take=False, blocks=tuple(gone))
+        for old, block in adjusted:
+            self.announcer.forget(block.name)
+            self._jobs.put_nowait(_Adjust(old, block, self._transition))
         for block in added:
             self.held.setdefault(block.name, False)
-        if added:
-            self._spawn(self.announcer.prepare(added))
+        if added or adjusted:
+            self._spawn(self.announcer.prepare(tuple(added) + tuple(b for _, b in adjusted)))
         if added and self.node.state is State.MASTER:
-            self._enqueue(take=True, blocks=added)
+            self._enqueue(take=True, blocks=tuple(added))
         self.reloads["ok"] += 1
-        log.warning("configuration reloaded: %d block(s) changed", len(gone) + len(added))
+        log.warning("configuration reloaded: %d block(s) changed", len(gone) + len(added) + len(adjusted))
         self.notifier.ready(f"{self.node.state.name}: reloaded")
         return None
 
