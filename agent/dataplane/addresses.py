@@ -82,9 +82,13 @@ class AddressPlane:
         self._batch.close()
         self._ipr.close()
 
-    def interface_index(self, name: str) -> int | None:
-        found = self._ipr.link_lookup(ifname=name)
-        return found[0] if found else None
+    @staticmethod
+    def interface_index(name: str) -> int | None:
+        """One ioctl; a pyroute2 link dump here cost ~1 ms of every takeover."""
+        try:
+            return socket.if_nametoindex(name)
+        except OSError:
+            return None
 
     def take(self, block: Block) -> ChangeResult:
         return self._change(block, add=True)
