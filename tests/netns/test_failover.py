@@ -66,7 +66,9 @@ def test_node_death_moves_the_whole_block_and_traffic_resumes(lab):
 def test_agent_crash_peer_takes_over_and_restarted_agent_cleans_up(lab):
     start_pair(lab)
     lab.kill_agent(1, signal.SIGKILL)
-    lab.wait_state(2, "MASTER", timeout=5)
+    status = lab.wait_state(2, "MASTER", timeout=5)
+    # The links stay up: no carrier signal, the dead interval is what tells fw2.
+    assert status["node"]["last_transition"]["reason"] == "peer 1 (prio 150) silent for 0.150 s"
     # The crashed agent's routes are still in fw1's kernel: both nodes would answer.
     wait_holders(lab, [1, 2])
     lab.start_agent(1)
