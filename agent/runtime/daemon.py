@@ -245,6 +245,22 @@ class Daemon:
             finally:
                 self._jobs.task_done()
 
+    async def _change_step(self, transition: Transition, verb: str, name: str, block: Block) -> dict:
+        """One timed take or release of `block`'s routes and addresses; returns its detail."""
+        change = self.addresses.take if verb == "take" else self.addresses.release
+        with StepTimer(transition, f"{verb}:{name}") as step:
+            result = await self._run_netlink(change, block)
+            step.detail = result.as_dict()
+            step.ok = not result.errors and result.problem is None
+        return step.detail
+
+    async def _announce_step(self, transition: Transition, block: Block) -> None:
+        with StepTimer(transition, f"announce:{block.name}") as step:
+            result = await self.announcer.first_round(block)
+            step.detail = {"frames_sent": result.frames_sent, "errors": dict(result.errors),
+                           "error": result.error, "cancelled": result.cancelled}
+            step.ok = result.error is None and not result.errors
+
     async def _take(self, job: _Job) -> None:
         """Per block: make it local, then announce it, so a small block is not kept
         waiting behind a big one. A block that fails is recorded and the next one goes on."""
@@ -254,55 +270,29 @@ class Daemon:
                 return
             # Held before the first route goes in: a take that fails half-way must still be released.
             self.held[block.name] = True
-            with StepTimer(job.transition, f"take:{block.name}") as step:
-                result = await self._run_netlink(self.addresses.take, block)
-                step.detail = result.as_dict()
-                step.ok = not result.errors and result.problem is None
-                self.block_results[block.name] = result.as_dict()
+            self.block_results[block.name] = await self._change_step(job.transition, "take", block.name, block)
             if self.node.state is not State.MASTER:
                 return
-            with StepTimer(job.transition, f"announce:{block.name}") as step:
-                result = await self.announcer.first_round(block)
-                step.detail = {
-                    "frames_sent": result.frames_sent,
-                    "errors": dict(result.errors),
-                    "error": result.error,
-                    "cancelled": result.cancelled,
-                }
-                step.ok = result.error is None and not result.errors
+            await self._announce_step(job.transition, block)
 
     async def _release(self, job: _Job) -> None:
         for block in job.blocks:
             self.announcer.stop(block.name)
             if not self.held.get(block.name):
                 continue
-            with StepTimer(job.transition, f"release:{block.name}") as step:
-                result = await self._run_netlink(self.addresses.release, block)
-                step.detail = result.as_dict()
-                step.ok = not result.errors
+            detail = await self._change_step(job.transition, "release", block.name, block)
             # A release that raised may have left routes behind: the next one retries.
-            if "error" not in step.detail:
+            if "error" not in detail:
                 self.held[block.name] = False
 
     async def _adjust(self, job: _Adjust) -> None:
         name = job.new.name
         if not self.held.get(name):
             return
-        with StepTimer(job.transition, f"take:{name}") as step:
-            result = await self._run_netlink(self.addresses.take, _without(job.new, job.old))
-            step.detail = result.as_dict()
-            step.ok = not result.errors and result.problem is None
-        with StepTimer(job.transition, f"release:{name}") as step:
-            result = await self._run_netlink(self.addresses.release, _without(job.old, job.new))
-            step.detail = result.as_dict()
-            step.ok = not result.errors
-        if self.node.state is not State.MASTER:
-            return
-        with StepTimer(job.transition, f"announce:{name}") as step:
-            result = await self.announcer.first_round(job.new)
-            step.detail = {"frames_sent": result.frames_sent, "errors": dict(result.errors),
-                           "error": result.error, "cancelled": result.cancelled}
-            step.ok = result.error is None and not result.errors
+        await self._change_step(job.transition, "take", name, _without(job.new, job.old))
+        await self._change_step(job.transition, "release", name, _without(job.old, job.new))
+        if self.node.state is State.MASTER:
+            await self._announce_step(job.transition, job.new)
 
     # --- control verbs ---------------------------------------------------------------
 
