@@ -42,7 +42,8 @@ _U8_ATTR = struct.Struct("=HHBxxx")
 # rtnetlink applies a whole sendmsg without a chance to reschedule, so the batch
 # bounds how long the kernel keeps this CPU from everything else, the agent's own
 # event loop included. A local route costs about 21 us (512: ~10 ms); an IPv6
-# interface address 1 to 3 ms (512 stalled the loop 370 ms here, 8 stalls it 5 ms).
+# interface address 1 to 3 ms (on a loaded machine 512 stalled the loop 370 ms here,
+# 8 stalled it 5 ms; bench/addresses.py measures both).
 ROUTES_PER_SEND = 512
 IPV6_ADDRESSES_PER_SEND = 8
 
