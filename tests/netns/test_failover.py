@@ -213,3 +213,21 @@ def test_a_second_agent_on_the_same_socket_refuses_and_leaves_the_first_alone(la
     assert "another dpagent is running" in second.stderr
     assert lab.state(1) == "MASTER"
     wait_holders(lab, [1])
+
+
+def test_heartbeat_links_back_up_without_carrier_end_the_fault(lab):
+    """Admin-down heartbeat links are this node's fault; once they are up again but
+    the peer's ends are dark (no carrier), the fault is over and the node takes the block."""
+    lab.start_agent(1)
+    lab.wait_state(1, "MASTER")
+    lab.exec("fw1", ["ip", "link", "set", "hb0", "down"])
+    lab.exec("fw1", ["ip", "link", "set", "hb1", "down"])
+    status = lab.wait_state(1, "FAULT", timeout=3)
+    assert status["node"]["last_transition"]["reason"].startswith("all heartbeat links down")
+    lab.exec("fw2", ["ip", "link", "set", "hb0", "down"])
+    lab.exec("fw2", ["ip", "link", "set", "hb1", "down"])
+    lab.exec("fw1", ["ip", "link", "set", "hb0", "up"])
+    lab.exec("fw1", ["ip", "link", "set", "hb1", "up"])
+    status = lab.wait_state(1, "MASTER", timeout=3)
+    assert {link["name"]: link["kernel"] for link in status["links"]} == {"hb0": "no carrier", "hb1": "no carrier"}
+    wait_holders(lab, [1])
