@@ -112,16 +112,21 @@ class Capture:
         self.sock.close()
 
 
-def announce(netns_factory, link: Link, target: AnnounceTarget, **kwargs) -> tuple:
+def captured_round(netns_factory, link: Link, sender: Sender, target: AnnounceTarget) -> tuple:
+    """One round of `sender`, and every frame the peer saw during it."""
     capture = Capture(netns_factory, link)
     try:
-        with netns_factory.enter(link.ours):
-            sender = Sender(link.ifname, **kwargs)
-        with sender:
-            result = sender.send_round(target)
+        result = sender.send_round(target)
         return result, capture.drain()
     finally:
         capture.close()
+
+
+def announce(netns_factory, link: Link, target: AnnounceTarget, **kwargs) -> tuple:
+    with netns_factory.enter(link.ours):
+        sender = Sender(link.ifname, **kwargs)
+    with sender:
+        return captured_round(netns_factory, link, sender, target)
 
 
 def expect_exact(captured: list[Captured], expected: set[bytes], vlan: int | None) -> None:
@@ -263,12 +268,7 @@ def test_mac_change_between_rounds_is_followed(netns_factory, link) -> None:
     with sender:
         sender.send_round(target)
         netns_factory.ip("link", "set", link.ifname, "address", "02:00:00:00:aa:01", netns=link.ours)
-        capture = Capture(netns_factory, link)
-        try:
-            result = sender.send_round(target)
-            captured = capture.drain()
-        finally:
-            capture.close()
+        result, captured = captured_round(netns_factory, link, sender, target)
     assert result.frames_sent == 64
     mac = bytes.fromhex("02000000aa01")
     expect_exact(captured, {frames.arp_request(mac, a.packed) for a in addresses}, None)
@@ -298,12 +298,8 @@ def test_ring_wraps_and_stays_in_step_across_rounds(netns_factory, link) -> None
         sender = Sender(link.ifname)
     with sender:
         assert sender.send_round(AnnounceTarget.from_addresses(link.ifname, first)).frames_sent == 5000
-        capture = Capture(netns_factory, link)
-        try:
-            result = sender.send_round(AnnounceTarget.from_addresses(link.ifname, second))
-            captured = capture.drain()
-        finally:
-            capture.close()
+        result, captured = captured_round(netns_factory, link, sender,
+                                          AnnounceTarget.from_addresses(link.ifname, second))
     assert (result.frames_sent, result.error, dict(result.errors)) == (3001, None, {})
     mac = mac_of(netns_factory, link.ours, link.ifname)
     expect_exact(captured, {frames.neighbour_advert(mac, a.packed) for a in second}, None)
@@ -325,12 +321,7 @@ def cut_then_whole(netns_factory, link, tx_ring: bool, interrupt, recover=None, 
             timer.join()
             if recover is not None:
                 recover()
-            capture = Capture(netns_factory, link)
-            try:
-                result = sender.send_round(next_round)
-                captured = capture.drain()
-            finally:
-                capture.close()
+            result, captured = captured_round(netns_factory, link, sender, next_round)
     finally:
         timer.cancel()
     assert (result.frames_sent, result.error, dict(result.errors), result.cancelled) == (3000, None, {}, False)
