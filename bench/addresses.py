@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from _report import RESULTS, Figures, write_result
 
-from agent.core.config import Block
+from agent.config import Block
 from agent.dataplane import nlbatch
 from agent.dataplane.addresses import DPAGENT_PROTO, AddressPlane
 from agent.netns import Namespaces, enter, ip

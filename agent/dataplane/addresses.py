@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 
 from pyroute2 import IPRoute
 
-from agent.core.config import Block
+from agent.config import Block
 from agent.dataplane import nlbatch
 
 # 199 is unassigned in /etc/iproute2/rt_protos; `ip route show proto 199` lists ours.

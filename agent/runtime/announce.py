@@ -13,7 +13,7 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from agent.core.config import Block
+from agent.config import Block
 from agent.dataplane.garp import AnnounceTarget, ArpMode, CancelFlag, RoundResult, Sender
 from agent.runtime.scheduling import normal_priority
 

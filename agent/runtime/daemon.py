@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from agent.core.actions import ReleaseBlocks, SendFrame, StateChanged, TakeBlocks
-from agent.core.config import Block, Config, ConfigInvalid, format_errors, load_config
+from agent.config import Block, Config, ConfigInvalid, format_errors, load_config
 from agent.core.election import ElectionConfig, Node
 from agent.core.events import AdminCommand, AdminVerb, CarrierLost, LinkChanged, LinkRole, LoopStalled, Shutdown
 from agent.core.states import State

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 
-from agent.core.config import HeartbeatLink
+from agent.config import HeartbeatLink
 
 # Frames are 64 bytes; anything bigger is read whole so the core can count it as "long".
 _MAX_DATAGRAM = 2048

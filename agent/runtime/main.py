@@ -12,7 +12,7 @@ import sys
 
 import uvloop
 
-from agent.core.config import DEFAULT_PATH, Config, ConfigInvalid, format_errors, load_config
+from agent.config import DEFAULT_PATH, Config, ConfigInvalid, format_errors, load_config
 from agent.runtime.control import ControlError
 
 EXIT_CONFIG = 2

@@ -8,7 +8,7 @@ from ipaddress import ip_address
 
 import uvloop
 
-from agent.core.config import HeartbeatLink
+from agent.config import HeartbeatLink
 from agent.runtime import heartbeat
 from agent.runtime.heartbeat import HeartbeatPort
 

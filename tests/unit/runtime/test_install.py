@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.core.config import load_keys
+from agent.config import load_keys
 
 PACKAGING = Path(__file__).parents[3] / "packaging"
 

@@ -1,4 +1,4 @@
-"""agent.core.config: the schema, every error message, the classic files and block packing."""
+"""agent.config: the schema, every error message, the classic files and block packing."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.core.config import (
+from agent.config import (
     AnnounceConfig,
     Block,
     ConfigError,
