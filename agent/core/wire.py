@@ -164,15 +164,43 @@ class Verdict(Enum):
     REORDERED = "reordered"  # first copy, but older than one already seen: accept, do not act on
     DUPLICATE = "duplicate"
     REPLAY = "replay"
+    FUTURE_EPOCH = "future_epoch"  # an epoch no honest peer can have yet: dropped, nothing kept
+    TOO_MANY_PEERS = "too_many_peers"  # a new sender while MAX_PEERS are tracked: dropped
 
 
 WINDOW = 64
 _WINDOW_MASK = (1 << WINDOW) - 1
 
+# Epochs are wall-clock nanoseconds at the sender's start, so a peer's epoch can
+# exceed our own start time plus our uptime only by the skew between the two
+# clocks. Ten minutes: NTP-synced nodes agree within milliseconds, and an RTC
+# left unsynced for months (drift ~2 s/day) or a clock set by hand stays well
+# within it; a clock hours off (an RTC kept in local time) does not, and shows
+# as future_epoch drops. It is also how far one forged frame can push a
+# sender's epoch ahead: its genuine frames are replays until the caller
+# forgets it or it restarts that much later.
+EPOCH_TOLERANCE_NS = 10 * 60 * 10**9
+
+# A cluster has a handful of nodes; this only bounds the memory that signed
+# frames carrying thousands of node ids can take.
+MAX_PEERS = 64
+
+
+def epoch_limit(own_epoch: int, elapsed_s: float) -> int:
+    """The newest epoch a peer can honestly have, `elapsed_s` after our own start.
+
+    Pass it as `ReplayGuard.check(..., max_epoch=...)`. It trusts our own
+    clock: a node that started with its clock (and epoch file) behind by more
+    than the tolerance refuses its peers' frames."""
+    return own_epoch + int(elapsed_s * 1e9) + EPOCH_TOLERANCE_NS
+
 
 @dataclass
 class _Window:
-    """IPsec-style anti-replay window: bit i of `seen` stands for seq `top - i`."""
+    """IPsec-style anti-replay window: bit i of `seen` stands for seq `top - i`.
+
+    Every update is a shift of at most WINDOW bits, so a huge jump in seq costs
+    no more than a step of one."""
 
     epoch: int
     top: int
@@ -180,8 +208,9 @@ class _Window:
 
     def check(self, seq: int) -> Verdict:
         if seq > self.top:
-            self.seen = ((self.seen << (seq - self.top)) | 1) & _WINDOW_MASK
-            self.top = seq
+            jump = seq - self.top
+            kept = (self.seen << jump) & _WINDOW_MASK if jump < WINDOW else 0
+            self.seen, self.top = kept | 1, seq
             return Verdict.NEW
         offset = self.top - seq
         if offset >= WINDOW:
@@ -198,19 +227,39 @@ class ReplayGuard:
     The same frame over two heartbeat links is a DUPLICATE (benign); an older
     epoch or a seq that fell out of the window is a REPLAY; a first copy older
     than the newest is REORDERED, so a late advert cannot roll back what the
-    receiver knows of the sender. A newer epoch means
-    the sender restarted, so its window starts over. Call only with frames that
-    passed `decode`, so that a forger cannot move a window.
+    receiver knows of the sender. A newer epoch means the sender restarted, so
+    its window starts over. Call only with frames that passed `decode`, so that
+    a forger cannot move a window.
+
+    Epochs only go forward, so one signed frame with a far-future epoch would
+    turn every later genuine frame of that sender into a replay: with
+    `max_epoch` (see `epoch_limit`) such a frame is FUTURE_EPOCH and changes
+    nothing. At most `max_peers` senders are tracked; a new one beyond that is
+    TOO_MANY_PEERS rather than evicting a live sender, whose window an attacker
+    could otherwise reset by flooding node ids. The caller frees a slot with
+    `forget` when it considers a sender gone, which also forgets what was seen
+    of it: until that sender is heard again, a recording of its frames plays
+    back as new.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_peers: int = MAX_PEERS) -> None:
+        self._max_peers = max_peers
         self._windows: dict[int, _Window] = {}
 
-    def check(self, node_id: int, epoch: int, seq: int) -> Verdict:
+    def check(self, node_id: int, epoch: int, seq: int, *, max_epoch: int | None = None) -> Verdict:
+        """Classify one authenticated frame and remember it; O(1) whatever the values."""
+        if max_epoch is not None and epoch > max_epoch:
+            return Verdict.FUTURE_EPOCH
         window = self._windows.get(node_id)
+        if window is None and len(self._windows) >= self._max_peers:
+            return Verdict.TOO_MANY_PEERS
         if window is None or epoch > window.epoch:
             self._windows[node_id] = _Window(epoch, seq)
             return Verdict.NEW
         if epoch < window.epoch:
             return Verdict.REPLAY
         return window.check(seq)
+
+    def forget(self, node_id: int) -> None:
+        """Stop tracking a sender (unknown ones are fine), freeing its slot."""
+        self._windows.pop(node_id, None)
