@@ -34,9 +34,10 @@ from agent.core.actions import Action, ReleaseBlocks, SendFrame, StateChanged, T
 from agent.core.events import (
     AdminCommand, AdminVerb, CarrierLost, Event, LinkChanged, LinkRole, LoopStalled, Shutdown,
 )
+from agent.core.limits import ADVERT_INTERVAL, DEAD_MULTIPLIER, NODE_ID, PREEMPT_DELAY, PRIORITY
 from agent.core.states import State
 from agent.core.wire import (
-    FLAG_YIELD, MAX_INTERVAL_US, MIN_INTERVAL_US, Frame, FrameError, FrameType, KeyRing,
+    FLAG_YIELD, Frame, FrameError, FrameType, KeyRing,
     ReplayGuard, Verdict, decode, encode,
 )
 
@@ -94,16 +95,10 @@ class ElectionConfig:
     dead_multiplier: int = 3
 
     def __post_init__(self) -> None:
-        if not 0 <= self.node_id < 2**32:
-            raise ValueError(f"node_id {self.node_id} is not a u32")
-        if not 1 <= self.priority <= 254:
-            raise ValueError(f"priority {self.priority} not in 1..254")
-        if not MIN_INTERVAL_US <= round(self.advert_interval * 1e6) <= MAX_INTERVAL_US:
-            raise ValueError(f"advert_interval {self.advert_interval} s out of range")
-        if self.dead_multiplier < 2:
-            raise ValueError("dead_multiplier must be at least 2")
-        if self.preempt_delay < 0:
-            raise ValueError("preempt_delay must not be negative")
+        for name, (low, high) in (("node_id", NODE_ID), ("priority", PRIORITY), ("preempt_delay", PREEMPT_DELAY),
+                                  ("advert_interval", ADVERT_INTERVAL), ("dead_multiplier", DEAD_MULTIPLIER)):
+            if not low <= getattr(self, name) <= high:
+                raise ValueError(f"{name} {getattr(self, name)} not in {low}..{high}")
 
     @property
     def dead_interval(self) -> float:
