@@ -1,4 +1,8 @@
-"""Decisions the election core hands to the runtime to carry out."""
+"""Decisions the core hands to the runtime to carry out, one block at a time.
+
+A block is the unit the dataplane moves: the runtime runs the block's takeover
+plan (core.plan) for a TakeBlock and its release plan for a ReleaseBlock.
+"""
 
 from __future__ import annotations
 
@@ -15,16 +19,26 @@ class SendFrame:
 
 
 @dataclass(frozen=True)
-class TakeBlocks:
-    """Make every configured block local here and announce it."""
+class TakeBlock:
+    """Run the block's takeover plan: make it serve here and tell the neighbours."""
 
+    name: str
     reason: str
 
 
 @dataclass(frozen=True)
-class ReleaseBlocks:
-    """Stop answering for every configured block."""
+class ReleaseBlock:
+    """Run the block's release plan: stop answering for it here."""
 
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Announce:
+    """Tell the neighbours again where a block that is already held lives."""
+
+    name: str
     reason: str
 
 
@@ -35,4 +49,4 @@ class StateChanged:
     reason: str
 
 
-Action = SendFrame | TakeBlocks | ReleaseBlocks | StateChanged
+Action = SendFrame | TakeBlock | ReleaseBlock | Announce | StateChanged

@@ -4,7 +4,7 @@ The runtime feeds bytes, events and `now` in, drains actions out, and calls
 `handle_timer` at `get_timer()` (aioquic's pattern). Every state change goes
 through TRANSITIONS, the one table of what may follow what, and through
 `_change`, the one place with the side effects of leaving and entering MASTER,
-so TakeBlocks and ReleaseBlocks pair up by construction.
+so every block's TakeBlock and ReleaseBlock pair up by construction.
 
 Ranking is (priority, node_id), higher wins. A backup believes peer P is
 master until P's last MASTER advert + dead_multiplier x P's advertised
@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 
-from agent.core.actions import Action, ReleaseBlocks, SendFrame, StateChanged, TakeBlocks
+from agent.core.actions import Action, ReleaseBlock, SendFrame, StateChanged, TakeBlock
 from agent.core.events import (
     AdminCommand, AdminVerb, CarrierLost, Event, LinkChanged, LinkRole, LoopStalled, Shutdown,
 )
@@ -128,8 +128,9 @@ class _Peer:
 class Node:
     """One node's election state machine; see the module docstring."""
 
-    def __init__(self, config: ElectionConfig, keys: KeyRing, epoch: int) -> None:
+    def __init__(self, config: ElectionConfig, keys: KeyRing, epoch: int, blocks: tuple[str, ...] = ()) -> None:
         self._config = config
+        self._blocks = tuple(blocks)
         self._keys = keys
         self._epoch = epoch
         self._seq = 0
@@ -220,6 +221,16 @@ class Node:
         """Key rotation on reload: frames are sent with the new first key from now on."""
         self._keys = keys
 
+    def set_blocks(self, blocks: tuple[str, ...], now: float) -> None:
+        """The configured blocks changed (reload): a master takes the new ones and
+        releases the ones that are gone; a block that stays is not touched."""
+        self._now = now
+        old, self._blocks = self._blocks, tuple(blocks)
+        if self._state is not State.MASTER:
+            return
+        self._actions.extend(ReleaseBlock(name, "reload: block removed") for name in old if name not in blocks)
+        self._actions.extend(TakeBlock(name, "reload: block added") for name in blocks if name not in old)
+
     def get_timer(self) -> float | None:
         if self._state is State.INIT:
             return None
@@ -246,17 +257,17 @@ class Node:
             # The resign goes out first: the peer can start its takeover at once.
             self._send(FrameType.RESIGN)
         self._last = (old, new, reason, now)
-        # StateChanged before ReleaseBlocks, so the release is filed under this transition.
+        # StateChanged before the releases, so they are filed under this transition.
         self._actions.append(StateChanged(old, new, reason))
         if old is State.MASTER:
-            self._actions.append(ReleaseBlocks(reason))
+            self._actions.extend(ReleaseBlock(name, reason) for name in self._blocks)
         self._preempt_since = None
         if new is State.INIT:
             self._next_advert = None
             return
         if new is State.MASTER:
             self._suppressed = False
-            self._actions.append(TakeBlocks(reason))
+            self._actions.extend(TakeBlock(name, reason) for name in self._blocks)
         if new is State.BACKUP:
             self._quiet_until = now + self._config.dead_interval
         if old is not State.MASTER:

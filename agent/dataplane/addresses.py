@@ -11,68 +11,32 @@ a delete can never remove a route someone else installed.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
-from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from ipaddress import ip_address, ip_network
 
 from pyroute2 import IPRoute
 
 from agent.config import Block
+from agent.core.reload import KernelAddresses, address_delta, kernel_addresses
 from agent.dataplane import nlbatch
+from agent.dataplane.step import StepResult
 
 # 199 is unassigned in /etc/iproute2/rt_protos; `ip route show proto 199` lists ours.
 DPAGENT_PROTO = 199
 
-# Keep status output bounded when a whole block fails (e.g. every address exists elsewhere).
-_EXAMPLES_PER_ERROR = 5
 
-
-@dataclass
-class ChangeResult:
-    """Counts of one take/release; errors map an errno name to a count and a few examples."""
-
-    applied: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-    problem: str | None = None
-    seconds: float = 0.0
-
-    def add(self, batch: nlbatch.BatchResult) -> None:
-        self.applied += batch.applied
-        for name, labels in batch.failed.items():
-            self.errors[name] = self.errors.get(name, 0) + len(labels)
-            kept = self.examples.setdefault(name, [])
-            kept.extend(labels[: _EXAMPLES_PER_ERROR - len(kept)])
-
-    def as_dict(self) -> dict:
-        return {
-            "applied": self.applied,
-            "errors": dict(self.errors),
-            "examples": {k: list(v) for k, v in self.examples.items()},
-            "problem": self.problem,
-            "seconds": round(self.seconds, 6),
-        }
-
-
-def _v4_routes(block: Block) -> list[IPv4Network]:
-    routes = [p for p in block.prefixes if isinstance(p, IPv4Network)]
-    routes += [IPv4Network(a) for a in block.addresses if isinstance(a, IPv4Address)]
-    return routes
-
-
-def _v6_addresses(block: Block) -> list[IPv6Address]:
-    members: list[IPv6Address] = []
-    for prefix in block.prefixes:
-        if isinstance(prefix, IPv6Network):
-            base = int(prefix.network_address)
-            members.extend(IPv6Address(base + i) for i in range(prefix.num_addresses))
-    members += [a for a in block.addresses if isinstance(a, IPv6Address)]
-    return members
+def _add_batch(result: StepResult, batch: nlbatch.BatchResult) -> None:
+    result.applied += batch.applied
+    for name, labels in batch.failed.items():
+        result.fail(name, labels)
 
 
 class AddressPlane:
-    """Blocking netlink work; the runtime calls it from its netlink worker thread."""
+    """Blocking netlink work, for one worker thread."""
 
     def __init__(self) -> None:
         self._ipr = IPRoute()
@@ -90,37 +54,47 @@ class AddressPlane:
         except OSError:
             return None
 
-    def take(self, block: Block) -> ChangeResult:
-        return self._change(block, add=True)
+    def take(self, block: Block) -> StepResult:
+        return self.change(block.interface, kernel_addresses(block.prefixes, block.addresses), add=True)
 
-    def release(self, block: Block) -> ChangeResult:
-        return self._change(block, add=False)
+    def release(self, block: Block) -> StepResult:
+        return self.change(block.interface, kernel_addresses(block.prefixes, block.addresses), add=False)
 
-    def _change(self, block: Block, *, add: bool) -> ChangeResult:
+    def change(self, interface: str, members: KernelAddresses, *, add: bool) -> StepResult:
         started = time.perf_counter()
-        result = ChangeResult()
+        result = StepResult()
         lo = self.interface_index("lo")
-        routes = _v4_routes(block)
-        if routes and lo is not None:
+        if members.v4_routes and lo is not None:
             kind = nlbatch.RTM_NEWROUTE if add else nlbatch.RTM_DELROUTE
-            items = [(str(n), nlbatch.local_route(n, DPAGENT_PROTO, lo)) for n in routes]
-            result.add(self._batch.apply(kind, items))
-        v6 = _v6_addresses(block)
-        if v6:
-            index = self.interface_index(block.interface)
+            items = [(str(n), nlbatch.local_route(n, DPAGENT_PROTO, lo)) for n in members.v4_routes]
+            _add_batch(result, self._batch.apply(kind, items))
+        if members.v6_addresses:
+            index = self.interface_index(interface)
             if index is None:
-                result.problem = f"interface {block.interface} not found"
+                result.problem = f"interface {interface} not found"
             else:
                 kind = nlbatch.RTM_NEWADDR if add else nlbatch.RTM_DELADDR
-                items = [(str(a), nlbatch.interface_address(a, DPAGENT_PROTO, index)) for a in v6]
-                result.add(self._batch.apply(kind, items, nlbatch.IPV6_ADDRESSES_PER_SEND))
+                items = [(str(a), nlbatch.interface_address(a, DPAGENT_PROTO, index)) for a in members.v6_addresses]
+                _add_batch(result, self._batch.apply(kind, items, nlbatch.IPV6_ADDRESSES_PER_SEND))
         result.seconds = time.perf_counter() - started
         return result
 
-    def remove_leftovers(self) -> ChangeResult:
+    def adjust(self, old: Block, new: Block) -> StepResult:
+        """What is new goes in first, then what is gone comes out: what stays is never touched."""
+        started = time.perf_counter()
+        delta = address_delta(old, new)
+        added = self.change(new.interface, delta.add, add=True)
+        removed = self.change(old.interface, delta.remove, add=False)
+        result = StepResult(detail={"added": added.as_dict(), "removed": removed.as_dict()})
+        result.merge(added)
+        result.merge(removed)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def remove_leftovers(self) -> StepResult:
         """Delete every route and address carrying our mark: a crashed agent's state."""
         started = time.perf_counter()
-        result = ChangeResult()
+        result = StepResult()
         for family in (socket.AF_INET, socket.AF_INET6):
             routes = []
             for msg in self._ipr.get_routes(family=family, table=nlbatch.RT_TABLE_LOCAL):
@@ -129,13 +103,59 @@ class AddressPlane:
                 net = ip_network(f"{msg.get('RTA_DST')}/{msg['dst_len']}")
                 oif = msg.get("RTA_OIF") or 0
                 routes.append((str(net), nlbatch.local_route(net, DPAGENT_PROTO, oif)))
-            result.add(self._batch.apply(nlbatch.RTM_DELROUTE, routes))
+            _add_batch(result, self._batch.apply(nlbatch.RTM_DELROUTE, routes))
         addresses = []
         for msg in self._ipr.get_addr():
             if msg.get("IFA_PROTO") != DPAGENT_PROTO:
                 continue
             address = ip_address(msg.get("IFA_ADDRESS"))
             addresses.append((str(address), nlbatch.interface_address(address, DPAGENT_PROTO, msg["index"])))
-        result.add(self._batch.apply(nlbatch.RTM_DELADDR, addresses, nlbatch.IPV6_ADDRESSES_PER_SEND))
+        _add_batch(result, self._batch.apply(nlbatch.RTM_DELADDR, addresses, nlbatch.IPV6_ADDRESSES_PER_SEND))
         result.seconds = time.perf_counter() - started
         return result
+
+
+class AddressStep:
+    """The addresses facility as a dataplane step. The plane's work runs in the
+    runtime's netlink worker (one thread, so changes never interleave), never on
+    the loop that sends the adverts."""
+
+    facility = "addresses"
+    verbs = {"take": "take", "release": "release", "adjust": "adjust"}
+
+    def __init__(self, worker: Executor) -> None:
+        self._worker = worker
+        self._plane: AddressPlane | None = None
+        self._leftovers: dict = {}
+
+    async def _run(self, func, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._worker, func, *args)
+
+    async def prepare(self, blocks: Sequence[Block]) -> None:
+        if self._plane is None:
+            self._plane = await self._run(AddressPlane)
+
+    async def take(self, block: Block) -> StepResult:
+        return await self._run(self._plane.take, block)
+
+    async def release(self, block: Block) -> StepResult:
+        return await self._run(self._plane.release, block)
+
+    async def adjust(self, old: Block, new: Block) -> StepResult:
+        return await self._run(self._plane.adjust, old, new)
+
+    async def remove_leftovers(self) -> StepResult:
+        await self.prepare(())
+        result = await self._run(self._plane.remove_leftovers)
+        self._leftovers = result.as_dict()
+        return result
+
+    def cancel(self, name: str) -> None:
+        """A netlink batch is over in milliseconds: nothing to interrupt."""
+
+    def status(self) -> dict:
+        return {"leftovers_removed": self._leftovers}
+
+    async def close(self) -> None:
+        if self._plane is not None:
+            await self._run(self._plane.close)

@@ -1,10 +1,11 @@
-"""The daemon: feeds the election core, carries out its decisions, never blocks on them.
+"""The daemon: wires the election core to the sockets, the link monitor and the dataplane steps.
 
-The core runs on the event loop and owns exactly one `loop.call_at` timer (the
-aioquic pattern). Everything that can take time runs elsewhere: netlink changes in
-one worker thread, announcements in another, both awaited by a single transition
-worker so that a takeover and a release never interleave. Adverts therefore leave
-on time while a /16 is being taken and announced.
+The core runs on the event loop behind one `call_at` (runtime.pump). Everything
+that can take time runs elsewhere: netlink changes in one worker thread,
+announcements in another, both driven by one step runner, so a takeover and a
+release never interleave and adverts leave on time while a /16 is taken and
+announced. This module only builds those pieces, routes between them, and runs
+the life cycle.
 """
 
 from __future__ import annotations
@@ -14,24 +15,27 @@ import logging
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
 
-from agent.core.actions import ReleaseBlocks, SendFrame, StateChanged, TakeBlocks
-from agent.config import Block, Config, ConfigInvalid, format_errors, load_config
-from agent.core.election import ElectionConfig, Node
-from agent.core.events import AdminCommand, AdminVerb, CarrierLost, LinkChanged, LinkRole, LoopStalled, Shutdown
-from agent.core.states import State
+from agent.config import Config
+from agent.core.actions import Action, Announce, ReleaseBlock, StateChanged, TakeBlock
+from agent.core.election import Node
+from agent.core.events import Shutdown
+from agent.core.links import heartbeat_usable, link_events
 from agent.core.wire import KeyRing
-from agent.dataplane.addresses import AddressPlane
-from agent.runtime import metrics
-from agent.runtime.announce import Announcer
-from agent.runtime.control import ControlError, ControlServer
+from agent.dataplane.addresses import AddressStep
+from agent.dataplane.announce import AnnounceStep
+from agent.dataplane.step import StepResult
+from agent.runtime import metrics, status, verbs
+from agent.runtime.control import ControlServer
 from agent.runtime.epoch import next_epoch
 from agent.runtime.heartbeat import HeartbeatPort
-from agent.runtime.linkmon import NO_CARRIER, LinkMonitor, read_links
+from agent.runtime.linkmon import LinkMonitor, read_links
 from agent.runtime.notify import Notifier
+from agent.runtime.pump import CorePump
+from agent.runtime.reconfigure import Configuration
+from agent.runtime.runner import StepRunner
 from agent.runtime.scheduling import normal_priority, raise_loop_priority
-from agent.runtime.transitions import History, StepTimer, Transition
+from agent.runtime.transitions import History
 
 log = logging.getLogger("dpagent")
 
@@ -39,153 +43,56 @@ log = logging.getLogger("dpagent")
 STOP_TIMEOUT = 10.0
 
 
-def election_config(config: Config) -> ElectionConfig:
-    node = config.node
-    return ElectionConfig(
-        node_id=node.id,
-        priority=node.priority,
-        preempt=node.preempt,
-        preempt_delay=node.preempt_delay,
-        advert_interval=node.advert_interval,
-        dead_multiplier=node.dead_multiplier,
-    )
-
-
-@dataclass(frozen=True)
-class _Job:
-    """One unit of transition work, run in order by the transition worker."""
-
-    take: bool
-    blocks: tuple[Block, ...]
-    transition: Transition
-
-
-@dataclass(frozen=True)
-class _Adjust:
-    """A held block redefined on reload: what is new goes in, then what is gone comes
-    out, then the whole block is announced again. It is never released in between,
-    so editing an address file does not flap the addresses that stay."""
-
-    old: Block
-    new: Block
-    transition: Transition
-
-
-def _without(block: Block, other: Block) -> Block:
-    """The part of `block` that `other` does not have."""
-    addresses = set(other.addresses)
-    return replace(block, prefixes=tuple(p for p in block.prefixes if p not in other.prefixes),
-                   addresses=tuple(a for a in block.addresses if a not in addresses))
+def _worker(name: str) -> ThreadPoolExecutor:
+    """One thread at normal priority: the loop's SCHED_RR must not be inherited."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=normal_priority)
 
 
 class Daemon:
     def __init__(self, config: Config) -> None:
-        self.config = config
         self.loop = asyncio.get_running_loop()
         epoch, self.epoch_problem = next_epoch(config.node.state_dir, time.time_ns())
-        self.node = Node(election_config(config), KeyRing(config.keys), epoch=epoch)
-        self.ports = {link.interface: HeartbeatPort(link, self.loop, self._on_datagram) for link in config.heartbeat}
-        self.netlink_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink",
-                                               initializer=normal_priority)
-        self.config_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="config",
-                                              initializer=normal_priority)
-        self._reload_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task] = set()
-        self.addresses: AddressPlane | None = None
-        self.announcer = Announcer(self.loop)
+        node = Node(config.node.election, KeyRing(config.keys), epoch=epoch,
+                    blocks=tuple(b.name for b in config.blocks))
         self.history = History()
         self.notifier = Notifier()
-        self.control = ControlServer(
-            str(config.control_socket),
-            {
-                "status": lambda _args: self.status(),
-                "metrics": lambda _args: {"text": metrics.render(self.status())},
-                "failover": self._cmd_failover,
-                "maintenance": self._cmd_maintenance,
-                "reload": lambda _args: self._cmd_reload(),
-            },
-        )
+        self.pump = CorePump(self.loop, node, self.history, stall_after=config.node.advert_interval,
+                             send=self._send, dispatch=self._dispatch, watchdog=self._ping_watchdog)
+        self.ports = {link.interface: HeartbeatPort(link, self.loop, self.pump.datagram) for link in config.heartbeat}
+        self.workers = {name: _worker(name) for name in ("netlink", "announce", "config")}
+        steps = (AddressStep(self.workers["netlink"]), AnnounceStep(self.loop, self.workers["announce"]))
+        self.runner = StepRunner(self.loop, steps, self.history)
+        self.configuration = Configuration(config, self.loop, self.workers["config"], pump=self.pump,
+                                           runner=self.runner, history=self.history, notifier=self.notifier)
+        handlers = verbs.handlers(self.pump, self.status, metrics.render, self.configuration.reload)
+        self.control = ControlServer(str(config.control_socket), handlers)
         self.monitor: LinkMonitor | None = None
-        self.held: dict[str, bool] = {b.name: False for b in config.blocks}
-        self.block_results: dict[str, dict] = {}
         self.leftovers: dict = {}
-        self.reloads = {"ok": 0, "failed": 0}
-        self.max_lag = 0.0
         self.scheduling = "normal"
         self.state_changes = 0
-        self.stalls = 0
-        self._jobs: asyncio.Queue[_Job | _Adjust] = asyncio.Queue()
-        self._transition: Transition | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_due: float | None = None
-        self._last_send: float | None = None
+        self._tasks: set[asyncio.Task] = set()
         self._last_watchdog = float("-inf")
         self._stopping = asyncio.Event()
 
-    # --- core plumbing -------------------------------------------------------------
+    # --- routing between the pieces ---------------------------------------------------
 
-    def _process(self) -> None:
-        """Carry out what the core decided, then re-arm its one timer."""
-        for action in self.node.actions():
-            if isinstance(action, SendFrame):
-                self._note_send()
-                for port in self.ports.values():
-                    port.send(action.data)
-            elif isinstance(action, StateChanged):
-                self._on_state_changed(action)
-            elif isinstance(action, TakeBlocks):
-                self._enqueue(take=True, blocks=self.config.blocks)
-            elif isinstance(action, ReleaseBlocks):
-                # Stop announcing before anything else: we no longer own the addresses.
-                self.announcer.stop_all()
-                self._enqueue(take=False, blocks=self.config.blocks)
-        self._arm_timer()
+    def _send(self, data: bytes) -> None:
+        for port in self.ports.values():
+            port.send(data)
 
-    def _note_send(self) -> None:
-        """Track the worst gap between two frames sent: takeover work must not widen it."""
-        now = self.loop.time()
-        if self._last_send is not None and self._transition is not None:
-            gap = now - self._last_send
-            self._transition.max_advert_gap = max(self._transition.max_advert_gap, gap)
-        self._last_send = now
-
-    def _on_state_changed(self, change: StateChanged) -> None:
-        self._transition = self.history.begin(change.old.name, change.new.name, change.reason)
-        self.state_changes += 1
-        log.warning("state %s -> %s: %s", change.old.name, change.new.name, change.reason)
-        self.notifier.status(f"{change.new.name}: {change.reason}")
-
-    def _enqueue(self, *, take: bool, blocks: tuple[Block, ...]) -> None:
-        """Queue work under the current transition (the state change or reload that asked for it)."""
-        self._jobs.put_nowait(_Job(take, tuple(blocks), self._transition))
-
-    def _arm_timer(self) -> None:
-        due = self.node.get_timer()
-        if due == self._timer_due:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_due = due
-        if due is not None:
-            self._timer = self.loop.call_at(due, self._on_timer)
-
-    def _on_timer(self) -> None:
-        now = self.loop.time()
-        lag = now - (self._timer_due or now)
-        self._timer, self._timer_due = None, None
-        try:
-            self.max_lag = max(self.max_lag, lag)
-            # A timer late by more than one advert interval means the loop itself stalled.
-            if lag > self.config.node.advert_interval:
-                self.stalls += 1
-                log.warning("event loop stalled %.3f s", lag)
-                self.node.receive(LoopStalled(lag), now)
-            self.node.handle_timer(now)
-            self._process()
-        finally:
-            self._arm_timer()
-        self._ping_watchdog(now)
+    def _dispatch(self, action: Action) -> None:
+        current = self.history.current
+        if isinstance(action, StateChanged):
+            self.history.begin(action.old.name, action.new.name, action.reason)
+            self.state_changes += 1
+            log.warning("state %s -> %s: %s", action.old.name, action.new.name, action.reason)
+            self.notifier.status(f"{action.new.name}: {action.reason}")
+        elif isinstance(action, TakeBlock):
+            self.runner.take([self.configuration.block(action.name)], current)
+        elif isinstance(action, ReleaseBlock):
+            self.runner.release([action.name], current)
+        elif isinstance(action, Announce):
+            self.runner.announce([action.name], current)
 
     def _ping_watchdog(self, now: float) -> None:
         """WATCHDOG=1 only from the core's own timer: if adverts stop, so do the pings."""
@@ -194,288 +101,101 @@ class Daemon:
             self._last_watchdog = now
             self.notifier.watchdog()
 
-    def _on_datagram(self, data: bytes, link: str) -> None:
-        self.node.receive_datagram(data, link, self.loop.time())
-        self._process()
-
-    def _link_events(self, name: str, up: bool, reason: str) -> list[LinkChanged]:
-        """Translate a link's state into what the core must hear.
-
-        Carrier loss on a heartbeat link is what a dead peer at the other end of a
-        direct cable looks like, so it is not a local fault: only a heartbeat link
-        that is down here (administratively, or gone) counts against this node.
-        """
-        events = []
-        port = self.ports.get(name)
-        if port is not None:
-            usable = up or reason == NO_CARRIER
-            # A re-created interface has a new index: the old socket is bound to nothing.
-            port.close()
-            if usable:
-                port.open()
-            events.append(LinkChanged(name, LinkRole.HEARTBEAT, usable, reason))
-            if reason == NO_CARRIER:
-                events.append(CarrierLost(name))
-        if any(b.interface == name for b in self.config.blocks):
-            events.append(LinkChanged(name, LinkRole.BLOCK, up, reason))
-        return events
-
     def _on_link(self, name: str, up: bool, reason: str) -> None:
         log.warning("link %s %s (%s)", name, "up" if up else "down", reason)
-        now = self.loop.time()
-        for event in self._link_events(name, up, reason):
-            self.node.receive(event, now)
-        self._process()
+        self.pump.events(self._link_events(name, up, reason))
 
-    # --- transition work -----------------------------------------------------------
+    def _link_events(self, name: str, up: bool, reason: str) -> list:
+        port = self.ports.get(name)
+        if port is not None:
+            # A re-created interface has a new index: the old socket is bound to nothing.
+            port.close()
+            if heartbeat_usable(up, reason):
+                port.open()
+        blocks = {b.interface for b in self.configuration.current.blocks}
+        return link_events(name, up, reason, heartbeat=port is not None, block=name in blocks)
 
-    async def _run_netlink(self, func, *args):
-        return await self.loop.run_in_executor(self.netlink_pool, func, *args)
-
-    async def _worker(self) -> None:
-        while True:
-            job = await self._jobs.get()
-            try:
-                if isinstance(job, _Adjust):
-                    await self._adjust(job)
-                elif job.take:
-                    await self._take(job)
-                else:
-                    await self._release(job)
-            finally:
-                self._jobs.task_done()
-
-    async def _change_step(self, transition: Transition, verb: str, name: str, block: Block) -> dict:
-        """One timed take or release of `block`'s routes and addresses; returns its detail."""
-        change = self.addresses.take if verb == "take" else self.addresses.release
-        with StepTimer(transition, f"{verb}:{name}") as step:
-            result = await self._run_netlink(change, block)
-            step.detail = result.as_dict()
-            step.ok = not result.errors and result.problem is None
-        return step.detail
-
-    async def _announce_step(self, transition: Transition, block: Block) -> None:
-        with StepTimer(transition, f"announce:{block.name}") as step:
-            result = await self.announcer.first_round(block)
-            step.detail = {"frames_sent": result.frames_sent, "errors": dict(result.errors),
-                           "error": result.error, "cancelled": result.cancelled}
-            step.ok = result.error is None and not result.errors
-
-    async def _take(self, job: _Job) -> None:
-        """Per block: make it local, then announce it, so a small block is not kept
-        waiting behind a big one. A block that fails is recorded and the next one goes on."""
-        for block in job.blocks:
-            # The node may have left MASTER while earlier work ran: then skip the rest.
-            if self.node.state is not State.MASTER:
-                return
-            # Held before the first route goes in: a take that fails half-way must still be released.
-            self.held[block.name] = True
-            self.block_results[block.name] = await self._change_step(job.transition, "take", block.name, block)
-            if self.node.state is not State.MASTER:
-                return
-            await self._announce_step(job.transition, block)
-
-    async def _release(self, job: _Job) -> None:
-        for block in job.blocks:
-            self.announcer.stop(block.name)
-            if not self.held.get(block.name):
-                continue
-            detail = await self._change_step(job.transition, "release", block.name, block)
-            # A release that raised may have left routes behind: the next one retries.
-            if "error" not in detail:
-                self.held[block.name] = False
-
-    async def _adjust(self, job: _Adjust) -> None:
-        name = job.new.name
-        if not self.held.get(name):
-            return
-        await self._change_step(job.transition, "take", name, _without(job.new, job.old))
-        await self._change_step(job.transition, "release", name, _without(job.old, job.new))
-        if self.node.state is State.MASTER:
-            await self._announce_step(job.transition, job.new)
-
-    # --- control verbs ---------------------------------------------------------------
-
-    def _admin(self, verb: AdminVerb) -> None:
-        self.node.receive(AdminCommand(verb), self.loop.time())
-        self._process()
-
-    def _cmd_failover(self, _args: dict) -> dict:
-        if self.node.state is not State.MASTER:
-            raise ControlError(f"not master (state {self.node.state.name}); nothing to hand over")
-        self._admin(AdminVerb.FAILOVER)
-        return {"message": "resigned; the best backup takes over"}
-
-    def _cmd_maintenance(self, args: dict) -> dict:
-        mode = args.get("mode")
-        if mode not in ("on", "off"):
-            raise ControlError("args.mode must be 'on' or 'off'")
-        self._admin(AdminVerb.MAINTENANCE_ON if mode == "on" else AdminVerb.MAINTENANCE_OFF)
-        return {"message": f"maintenance {mode}; state {self.node.state.name}"}
-
-    def _spawn(self, coroutine) -> None:
-        task = self.loop.create_task(coroutine)
-        # The loop keeps only weak references to tasks.
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _reload_on_signal(self) -> None:
-        self._spawn(self.reload())
-
-    async def _cmd_reload(self) -> dict:
-        problem = await self.reload()
-        if problem:
-            raise ControlError(problem)
-        return {"message": "configuration reloaded"}
-
-    async def reload(self) -> str | None:
-        """Re-read the configuration; apply keys and blocks, refuse what needs a restart.
-
-        Parsing runs in its own thread: a 65,536-line address file takes ~0.3 s,
-        twice the peer's dead interval, and the adverts must keep leaving meanwhile.
-        """
-        async with self._reload_lock:
-            self.notifier.reloading()
-            try:
-                new = await self.loop.run_in_executor(self.config_pool, load_config, self.config.path)
-            except ConfigInvalid as exc:
-                return self._refuse_reload(format_errors(self.config.path, exc.errors), "configuration invalid")
-            return self._apply_reload(new)
-
-    def _refuse_reload(self, message: str, summary: str) -> str:
-        self.reloads["failed"] += 1
-        log.error("reload refused, keeping the running configuration:\n%s", message)
-        self.notifier.ready(f"reload refused: {summary}")
-        return message
-
-    def _apply_reload(self, new: Config) -> str | None:
-        fixed = ("node", "heartbeat", "control_socket")
-        changed = [name for name in fixed if getattr(new, name) != getattr(self.config, name)]
-        if changed:
-            message = f"reload refused: {', '.join(changed)} changed; these need a restart"
-            return self._refuse_reload(message, message.removeprefix("reload refused: "))
-        self.node.set_keys(KeyRing(new.keys))
-        old_blocks = {b.name: b for b in self.config.blocks}
-        new_blocks = {b.name: b for b in new.blocks}
-        gone = [b for name, b in old_blocks.items() if name not in new_blocks]
-        added = [b for name, b in new_blocks.items() if name not in old_blocks]
-        adjusted = []
-        for name in old_blocks.keys() & new_blocks.keys():
-            old, block = old_blocks[name], new_blocks[name]
-            if old == block:
-                continue
-            if old.interface == block.interface and self.held.get(name):
-                adjusted.append((old, block))
-            else:
-                gone.append(old)
-                added.append(block)
-        self.config = new
-        if gone or added or adjusted:
-            # Its own history entry, not more steps of whatever state change came last.
-            state = self.node.state.name
-            self._transition = self.history.begin(state, state, "reload")
-        for block in gone:
-            self.announcer.forget(block.name)
-        if gone:
-            # Still marked held, so the release job removes exactly what the agent had added.
-            self._enqueue(take=False, blocks=tuple(gone))
-        for old, block in adjusted:
-            self.announcer.forget(block.name)
-            self._jobs.put_nowait(_Adjust(old, block, self._transition))
-        for block in added:
-            self.held.setdefault(block.name, False)
-        if added or adjusted:
-            self._spawn(self.announcer.prepare(tuple(added) + tuple(b for _, b in adjusted)))
-        if added and self.node.state is State.MASTER:
-            self._enqueue(take=True, blocks=tuple(added))
-        self.reloads["ok"] += 1
-        log.warning("configuration reloaded: %d block(s) changed", len(gone) + len(added) + len(adjusted))
-        self.notifier.ready(f"{self.node.state.name}: reloaded")
-        return None
-
-    # --- status ----------------------------------------------------------------------
+    # --- status --------------------------------------------------------------------------
 
     def status(self) -> dict:
-        now = self.loop.time()
+        config = self.configuration.current
+        runner = self.runner
         return {
-            "node": self.node.snapshot(now),
-            "links": [
-                {"name": name, "up": port.is_open, "kernel": self.monitor.describe(name) if self.monitor else "unknown",
-                 "send_errors": port.send_errors, "last_error": port.last_error}
-                for name, port in self.ports.items()
-            ],
-            "blocks": [
-                {
-                    "name": b.name,
-                    "interface": b.interface,
-                    "addresses": b.address_count,
-                    "prefixes": [str(p) for p in b.prefixes],
-                    "held": self.held.get(b.name, False),
-                    "last_change": self.block_results.get(b.name),
-                }
-                for b in self.config.blocks
-            ],
-            "announce": self.announcer.status(),
+            "node": self.pump.node.snapshot(self.loop.time()),
+            "links": [status.link_status(name, port.is_open, self.monitor.describe(name) if self.monitor else "unknown",
+                                         port.send_errors, port.last_error)
+                      for name, port in self.ports.items()],
+            "blocks": [status.block_status(b, runner.held.get(b.name), runner.last_change.get(b.name))
+                       for b in config.blocks],
+            **{facility: step.status() for facility, step in runner.steps.items()},
             "transitions": self.history.as_list(),
             "state_changes": self.state_changes,
             "leftovers_removed": self.leftovers,
+            "release_retries": runner.release_retries,
             "control_errors": dict(self.control.errors),
             "epoch_problem": self.epoch_problem,
-            "loop": {"max_lag_s": round(self.max_lag, 6), "stalls": self.stalls, "scheduling": self.scheduling},
-            "reloads": dict(self.reloads),
+            "loop": {"max_lag_s": round(self.pump.max_lag, 6), "stalls": self.pump.stalls,
+                     "scheduling": self.scheduling},
+            "reloads": dict(self.configuration.reloads),
         }
 
-    # --- life cycle --------------------------------------------------------------------
+    # --- life cycle ------------------------------------------------------------------------
+
+    async def _remove_leftovers(self) -> None:
+        total = StepResult()
+        for facility, step in self.runner.steps.items():
+            result = await step.remove_leftovers()
+            total.merge(result)
+            total.detail[facility] = result.as_dict()
+        self.leftovers = total.as_dict()
+        if total.applied:
+            log.warning("removed %d leftovers of an earlier run", total.applied)
 
     async def run(self) -> None:
-        self.scheduling = raise_loop_priority(self.config.node.realtime_priority)
+        config = self.configuration.current
+        self.scheduling = raise_loop_priority(config.node.realtime_priority)
         if self.epoch_problem:
             log.error("%s; peers may drop this node's frames as replays after a restart with the clock behind",
                       self.epoch_problem)
         # First, before touching the kernel: a second agent must not clean up the first one's routes.
         await self.control.start()
-        self.addresses = await self._run_netlink(AddressPlane)
-        cleanup = await self._run_netlink(self.addresses.remove_leftovers)
-        self.leftovers = cleanup.as_dict()
-        if cleanup.applied:
-            log.warning("removed %d leftover routes/addresses of an earlier run", cleanup.applied)
-        await self.announcer.prepare(self.config.blocks)
-        watched = set(self.ports) | {b.interface for b in self.config.blocks}
-        initial = await self._run_netlink(read_links, watched)
-        self.monitor = LinkMonitor(self.loop, watched, self._on_link, self.netlink_pool)
+        self.runner.start()
+        self.runner.prepare(config.blocks, None)
+        await self.runner.drain(timeout=None)
+        await self._remove_leftovers()
+        watched = set(self.ports) | {b.interface for b in config.blocks}
+        initial = await self.loop.run_in_executor(self.workers["netlink"], read_links, watched)
+        self.monitor = LinkMonitor(self.loop, watched, self._on_link, self.workers["netlink"])
         self.monitor.start(initial)
-        now = self.loop.time()
-        for name, (up, reason) in sorted(initial.items()):
-            for event in self._link_events(name, up, reason):
-                self.node.receive(event, now)
-        worker = self.loop.create_task(self._worker())
+        self.pump.events([e for name, (up, why) in sorted(initial.items()) for e in self._link_events(name, up, why)])
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stopping.set)
         self.loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
-        self.node.start(self.loop.time())
-        self._process()
-        self.notifier.ready(f"{self.node.state.name}: started")
-        log.warning("dpagent node %d started (%d block(s))", self.config.node.id, len(self.config.blocks))
+        self.pump.start()
+        self.notifier.ready(f"{self.pump.node.state.name}: started")
+        log.warning("dpagent node %d started (%d block(s))", config.node.id, len(config.blocks))
         await self._stopping.wait()
-        await self._shutdown(worker)
+        await self._shutdown()
 
-    async def _shutdown(self, worker: asyncio.Task) -> None:
+    def _reload_on_signal(self) -> None:
+        task = self.loop.create_task(self.configuration.reload())
+        # The loop keeps only weak references to tasks.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _shutdown(self) -> None:
         self.notifier.stopping()
-        self.node.receive(Shutdown(), self.loop.time())
-        self._process()
-        try:
-            await asyncio.wait_for(self._jobs.join(), STOP_TIMEOUT)
-        except asyncio.TimeoutError:
+        self.pump.events([Shutdown()])
+        if not await self.runner.drain(STOP_TIMEOUT):
             log.error("release did not finish within %.0f s", STOP_TIMEOUT)
-        worker.cancel()
-        if self._timer is not None:
-            self._timer.cancel()
-        self.announcer.close()
+        self.runner.close()
+        self.pump.close()
         self.monitor.close()
         for port in self.ports.values():
             port.close()
         await self.control.close()
-        await self._run_netlink(self.addresses.close)
-        self.netlink_pool.shutdown(wait=True)
-        self.config_pool.shutdown(wait=True)
+        for step in self.runner.steps.values():
+            await step.close()
+        for pool in self.workers.values():
+            pool.shutdown(wait=True)
         log.warning("dpagent stopped")

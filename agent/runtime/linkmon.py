@@ -17,11 +17,12 @@ from concurrent.futures import Executor
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
+from agent.core.links import ADMIN_DOWN, MISSING, NO_CARRIER, REMOVED, UP
+
 RTMGRP_LINK = 0x1
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
-NO_CARRIER = "no carrier"
 
 # (name, up, reason)
 LinkCallback = Callable[[str, bool, str], None]
@@ -29,10 +30,10 @@ LinkCallback = Callable[[str, bool, str], None]
 
 def _describe(flags: int) -> tuple[bool, str]:
     if not flags & IFF_UP:
-        return False, "administratively down"
+        return False, ADMIN_DOWN
     if not flags & IFF_LOWER_UP:
         return False, NO_CARRIER
-    return True, "up"
+    return True, UP
 
 
 def read_links(names: Iterable[str]) -> dict[str, tuple[bool, str]]:
@@ -45,7 +46,7 @@ def read_links(names: Iterable[str]) -> dict[str, tuple[bool, str]]:
             if name in wanted:
                 found[name] = _describe(msg["flags"])
     for name in wanted - found.keys():
-        found[name] = (False, "interface missing")
+        found[name] = (False, MISSING)
     return found
 
 
@@ -121,6 +122,6 @@ class LinkMonitor:
             for msg in self._marshal.parse(data):
                 name = msg.get("IFLA_IFNAME")
                 if msg["header"]["type"] == RTM_DELLINK:
-                    self._update(name, False, "interface removed")
+                    self._update(name, False, REMOVED)
                 elif msg["header"]["type"] == RTM_NEWLINK:
                     self._update(name, *_describe(msg["flags"]))

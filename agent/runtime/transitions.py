@@ -91,6 +91,11 @@ class History:
     def __init__(self, size: int = HISTORY) -> None:
         self._items: deque[Transition] = deque(maxlen=size)
 
+    @property
+    def current(self) -> Transition | None:
+        """The transition that work is filed under now: the latest state change or reload."""
+        return self._items[-1] if self._items else None
+
     def begin(self, old: str, new: str, reason: str) -> Transition:
         item = Transition(old, new, reason, time.time())
         self._items.append(item)

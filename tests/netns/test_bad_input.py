@@ -283,7 +283,7 @@ def test_block_address_present_elsewhere_is_eexist_and_survives_release(lab):
     assert take["ok"] is False
     assert {k: take["detail"][k] for k in ("applied", "errors", "examples", "problem")} == {
         "applied": 1, "errors": {"EEXIST": 1}, "examples": {"EEXIST": [f"{own}/32"]}, "problem": None}
-    assert status["blocks"][0]["last_change"] == take["detail"]
+    assert status["blocks"][0]["last_change"]["addresses"] == take["detail"]
     assert status["blocks"][0]["held"] and lab.holds_block(1)  # the /16 itself is taken
     time.sleep(0.5)
     assert lab.state(1) == "MASTER"

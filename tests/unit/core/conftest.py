@@ -4,7 +4,7 @@ Frames travel over named heartbeat links with a latency, optional loss and
 partitions; nodes can stall (no timers, no reads, frames queue up) and be
 killed or restarted with a new epoch. The harness plays the runtime: it drains
 actions after every call, sends SendFrame bytes on every heartbeat link that is
-up at both ends, and checks TakeBlocks/ReleaseBlocks pairing as it goes.
+up at both ends, and checks per-block TakeBlock/ReleaseBlock pairing as it goes.
 
 Two models of the heartbeat links. Switched (the default): every node's hb0
 reaches every other node's hb0 through a switch, which keeps carrier when a
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from agent.core.actions import ReleaseBlocks, SendFrame, StateChanged, TakeBlocks
+from agent.core.actions import ReleaseBlock, SendFrame, StateChanged, TakeBlock
 from agent.core.election import ElectionConfig, Node
 from agent.core.events import CarrierLost, Event, LinkChanged, LinkRole, LoopStalled, Shutdown
 from agent.core.states import State
@@ -34,6 +34,7 @@ from agent.core.wire import FrameType, KeyRing, decode
 KEYS = KeyRing(((1, b"k" * 32),))
 HEARTBEATS = ("hb0", "hb1")
 BLOCK = "ext0"
+BLOCK_NAMES = ("ext", "ext6")
 NO_CARRIER = "no carrier"  # agent.runtime.linkmon's reason; not imported, to keep pyroute2 out
 
 Port = tuple[int, str]  # (node_id, heartbeat link name): one end of a direct cable
@@ -75,7 +76,7 @@ class Member:
     stall_until: float = 0.0
     backlog: list[_Flight | Event] = field(default_factory=list)  # read after the stall, in order
     links: dict[str, bool] = field(default_factory=dict)
-    holds: bool = False
+    holds: set[str] = field(default_factory=set)
     term: int = 0
     epochs: int = 1
     newest: dict[int, tuple[int, int]] = field(default_factory=dict)
@@ -102,7 +103,7 @@ class Cluster:
 
     def _member(self, config: ElectionConfig, epoch: int) -> Member:
         links = {name: True for name in HEARTBEATS} | {BLOCK: True}
-        return Member(config, Node(config, self.keys, epoch), links=links)
+        return Member(config, Node(config, self.keys, epoch, BLOCK_NAMES), links=links)
 
     # -- driving ----------------------------------------------------------
 
@@ -143,7 +144,7 @@ class Cluster:
         member = self.members[node_id]
         dark = self._dark_ports()
         member.up = False
-        member.holds = False
+        member.holds = set()
         self._carrier_changed(dark, node_id)
 
     def restart(self, node_id: int, graceful: bool = True) -> None:
@@ -261,17 +262,17 @@ class Cluster:
         for action in member.node.actions():
             if isinstance(action, SendFrame):
                 self._send(node_id, action.data)
-            elif isinstance(action, TakeBlocks):
-                assert not member.holds, f"node {node_id}: TakeBlocks twice"
-                member.holds = True
-            elif isinstance(action, ReleaseBlocks):
-                assert member.holds, f"node {node_id}: ReleaseBlocks without TakeBlocks"
-                member.holds = False
+            elif isinstance(action, TakeBlock):
+                assert action.name not in member.holds, f"node {node_id}: TakeBlock {action.name} twice"
+                member.holds.add(action.name)
+            elif isinstance(action, ReleaseBlock):
+                assert action.name in member.holds, f"node {node_id}: ReleaseBlock {action.name} without TakeBlock"
+                member.holds.discard(action.name)
             elif isinstance(action, StateChanged):
                 if action.new is State.MASTER:
                     member.term += 1
                 self.log.append((self.now, node_id, action))
-        assert member.holds == (member.node.state is State.MASTER), node_id
+        assert member.holds == (set(BLOCK_NAMES) if member.node.state is State.MASTER else set()), node_id
 
     def _send(self, src: int, data: bytes) -> None:
         sender = self.members[src]

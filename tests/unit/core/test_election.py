@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.core.actions import ReleaseBlocks, SendFrame, StateChanged
+from agent.core.actions import ReleaseBlock, SendFrame, StateChanged, TakeBlock
 from agent.core.election import TRANSITIONS, ElectionConfig, Node
 from agent.core.events import AdminCommand, AdminVerb, CarrierLost, LinkChanged, LinkRole, LoopStalled, Shutdown
 from agent.core.states import State
@@ -110,14 +110,15 @@ def test_shutdown_resigns_and_goes_silent(cluster_class):
 
 
 def test_shutdown_resigns_then_files_the_release_under_the_state_change():
-    node = Node(ElectionConfig(1, 100), KeyRing(((1, b"k" * 32),)), 1)
+    node = Node(ElectionConfig(1, 100), KeyRing(((1, b"k" * 32),)), 1, ("ext", "ext6"))
     node.start(0.0)
     node.handle_timer(DEAD)
     assert node.state is State.MASTER
     node.actions()
     node.receive(Shutdown(), 1.0)
     acts = node.actions()
-    assert [type(a) for a in acts] == [SendFrame, StateChanged, ReleaseBlocks]
+    assert [type(a) for a in acts] == [SendFrame, StateChanged, ReleaseBlock, ReleaseBlock]
+    assert [a.name for a in acts[2:]] == ["ext", "ext6"]
     assert decode(acts[0].data, KeyRing(((1, b"k" * 32),))).state is State.INIT
 
 
@@ -379,3 +380,17 @@ def test_a_link_down_at_our_end_does_not_count_as_a_way_to_hear_the_master(clust
     c.kill(1)
     c.event(2, CarrierLost("hb1"))
     assert c.node(2).state is State.MASTER
+
+
+def test_reload_of_the_block_list_takes_added_and_releases_removed_blocks_only_on_a_master():
+    node = Node(ElectionConfig(1, 100), KeyRing(((1, b"k" * 32),)), 1, ("a", "b"))
+    node.start(0.0)
+    node.set_blocks(("b", "c"), 0.01)
+    assert node.state is State.BACKUP
+    assert not any(isinstance(a, (ReleaseBlock, TakeBlock)) for a in node.actions())
+    node.handle_timer(DEAD)
+    assert node.state is State.MASTER
+    assert [a.name for a in node.actions() if isinstance(a, TakeBlock)] == ["b", "c"]
+    node.set_blocks(("c", "d"), DEAD + 0.01)
+    acts = node.actions()
+    assert [(type(a), a.name) for a in acts] == [(ReleaseBlock, "b"), (TakeBlock, "d")]

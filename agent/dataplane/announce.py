@@ -1,30 +1,34 @@
-"""Schedules announcement rounds (GARP / unsolicited NA) for the blocks this node holds.
+"""Announcement rounds (GARP / unsolicited NA) for the blocks this node holds, as a step.
 
-The first round is part of the takeover and is timed as its step. Further rounds
-(`rounds`, `round_delay`) and the optional refresh while master run as one task per
-block, like keepalived's garp_master_repeat and garp_master_refresh. Every round
-runs in the announcer's worker thread; leaving MASTER sets each block's cancel flag,
-which the native loop polls before every batch, so sending stops at once.
+The first round is the step of the takeover. Further rounds (`rounds`,
+`round_delay`) and the optional refresh while master run as one task per block,
+like keepalived's garp_master_repeat and garp_master_refresh. Every round runs in
+the runtime's announce worker thread; a release cancels the block's flag, which
+the native loop polls before every batch, so sending stops at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import Executor
 
 from agent.config import Block
 from agent.dataplane.garp import AnnounceTarget, ArpMode, CancelFlag, RoundResult, Sender
-from agent.runtime.scheduling import normal_priority
+from agent.dataplane.step import StepResult
 
 log = logging.getLogger("dpagent.announce")
 
 
-class Announcer:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+class AnnounceStep:
+    facility = "announce"
+    # A release is the cancel that came before it: nothing left to time.
+    verbs = {"take": "announce", "adjust": "announce", "release": None}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, worker: Executor) -> None:
         self._loop = loop
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="announce",
-                                        initializer=normal_priority)
+        self._pool = worker
         self._senders: dict[tuple[str, ArpMode], Sender] = {}
         self._targets: dict[str, tuple[Block, AnnounceTarget]] = {}
         self._cancel: dict[str, CancelFlag] = {}
@@ -44,11 +48,16 @@ class Announcer:
             self._targets[block.name] = cached
         return cached[1]
 
-    async def prepare(self, blocks: tuple[Block, ...]) -> None:
+    async def prepare(self, blocks: Sequence[Block]) -> None:
         """Open the senders and pack the addresses before any takeover needs them:
         a sender's ring costs ~5 ms to set up, the pool thread its start, a /16 1 ms
-        of packing; none of it belongs between a resign and the first frame."""
-        await self._loop.run_in_executor(self._pool, self._prepare, blocks)
+        of packing; none of it belongs between a resign and the first frame.
+        Blocks no longer configured are forgotten."""
+        names = {b.name for b in blocks}
+        for name in [n for n in self._targets if n not in names]:
+            self.cancel(name)
+            del self._targets[name]
+        await self._loop.run_in_executor(self._pool, self._prepare, tuple(blocks))
 
     def _prepare(self, blocks: tuple[Block, ...]) -> None:
         for block in blocks:
@@ -58,11 +67,6 @@ class Announcer:
             except OSError as exc:
                 # The round will meet the same problem and report it in its step.
                 log.warning("cannot prepare announcements for block %s: %s", block.name, exc)
-
-    def forget(self, name: str) -> None:
-        """The block was redefined or removed: stop announcing it and drop its addresses."""
-        self.stop(name)
-        self._targets.pop(name, None)
 
     def _sender(self, block: Block) -> Sender:
         mode = ArpMode.REPLY if block.announce.arp_mode == "reply" else ArpMode.REQUEST
@@ -89,9 +93,9 @@ class Announcer:
         self._account(result)
         return result
 
-    async def first_round(self, block: Block) -> RoundResult:
+    async def take(self, block: Block) -> StepResult:
         """Run the takeover round; then keep repeating in the background per the policy."""
-        self.stop(block.name)
+        self.cancel(block.name)
         flag = CancelFlag()
         self._cancel[block.name] = flag
         result = await self._round(block, flag)
@@ -99,7 +103,23 @@ class Announcer:
             task = self._loop.create_task(self._repeat(block, flag))
             self._followups[block.name] = task
             task.add_done_callback(lambda done: self._finished(block.name, done))
-        return result
+        step = StepResult(applied=result.frames_sent, problem=result.error, seconds=result.duration,
+                          detail={"frames_sent": result.frames_sent, "cancelled": result.cancelled})
+        for name, count in result.errors.items():
+            step.fail(name, [], count)
+        return step
+
+    async def adjust(self, old: Block, new: Block) -> StepResult:
+        """Announce the whole block again: a neighbour may never have heard of the new addresses."""
+        return await self.take(new)
+
+    async def release(self, block: Block) -> StepResult:
+        self.cancel(block.name)
+        return StepResult()
+
+    async def remove_leftovers(self) -> StepResult:
+        """Frames leave no state behind."""
+        return StepResult()
 
     def _finished(self, name: str, task: asyncio.Task) -> None:
         if self._followups.get(name) is task:
@@ -118,17 +138,13 @@ class Announcer:
                 return
             await self._round(block, flag)
 
-    def stop(self, name: str) -> None:
+    def cancel(self, name: str) -> None:
         flag = self._cancel.pop(name, None)
         if flag is not None:
             flag.set()
         task = self._followups.pop(name, None)
         if task is not None:
             task.cancel()
-
-    def stop_all(self) -> None:
-        for name in list(self._cancel):
-            self.stop(name)
 
     def status(self) -> dict:
         return {
@@ -141,9 +157,12 @@ class Announcer:
             "repeating": sorted(self._followups),
         }
 
-    def close(self) -> None:
-        self.stop_all()
-        self._pool.shutdown(wait=True)
+    async def close(self) -> None:
+        for name in list(self._cancel):
+            self.cancel(name)
+        await self._loop.run_in_executor(self._pool, self._close_senders)
+
+    def _close_senders(self) -> None:
         for sender in self._senders.values():
             sender.close()
         self._senders.clear()

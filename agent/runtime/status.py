@@ -1,0 +1,21 @@
+"""The status document: what `agentctl status`, `--json` and the metrics are all rendered from."""
+
+from __future__ import annotations
+
+from agent.config import Block
+
+
+def block_status(block: Block, held: Block | None, last_change: dict | None) -> dict:
+    return {
+        "name": block.name,
+        "interface": block.interface,
+        "addresses": block.address_count,
+        "prefixes": [str(p) for p in block.prefixes],
+        "held": held is not None,
+        # The latest result of each facility's step for this block.
+        "last_change": last_change or {},
+    }
+
+
+def link_status(name: str, port_open: bool, kernel: str, send_errors: int, last_error: str) -> dict:
+    return {"name": name, "up": port_open, "kernel": kernel, "send_errors": send_errors, "last_error": last_error}

@@ -1,0 +1,30 @@
+"""agent.core.plan: the takeover order is data, and a release is its mirror."""
+
+from agent.core import plan
+
+
+def test_takeover_makes_the_block_serve_before_anything_is_announced():
+    steps = plan.takeover({"addresses", "announce"})
+    assert [s.facility for s in steps] == ["addresses", "announce"]
+    first, behind = plan.phases(steps)
+    assert [s.facility for s in first] == ["addresses"]
+    assert [s.facility for s in behind] == ["announce"]
+
+
+def test_release_stops_announcing_before_the_addresses_go():
+    assert [s.facility for s in plan.release({"announce", "addresses"})] == ["announce", "addresses"]
+
+
+def test_a_block_gets_only_the_facilities_it_uses_in_the_plans_order():
+    assert [s.facility for s in plan.takeover({"announce"})] == ["announce"]
+    assert plan.takeover(set()) == ()
+    assert [s.facility for s in plan.takeover(["announce", "addresses", "unknown"])] == ["addresses", "announce"]
+
+
+def test_reannounce_runs_only_the_announcing_steps():
+    assert [s.facility for s in plan.reannounce({"addresses", "announce"})] == ["announce"]
+
+
+def test_every_planned_facility_is_named_once():
+    names = [s.facility for s in plan.TAKEOVER]
+    assert len(names) == len(set(names))
