@@ -1,18 +1,13 @@
-"""The configuration: its model, schema, files and messages, outside the sans-I/O core."""
+"""The configuration: its model, schema, files and messages, outside the sans-I/O core.
 
-from agent.config.loader import (
-    DEFAULT_PATH,
-    AnnounceConfig,
-    Block,
-    Config,
-    ConfigError,
-    ConfigInvalid,
-    HeartbeatLink,
-    NodeConfig,
-    format_errors,
-    load_config,
-    load_keys,
-)
+The rest of the agent imports from here only; the modules behind it are split by concern.
+"""
+
+from agent.config.build import load_config
+from agent.config.keys import load_keys
+from agent.config.messages import ConfigError, ConfigInvalid, format_errors
+from agent.config.model import AnnounceConfig, Block, Config, HeartbeatLink, NodeConfig
+from agent.config.schema import DEFAULT_PATH
 
 __all__ = [
     "DEFAULT_PATH", "AnnounceConfig", "Block", "Config", "ConfigError", "ConfigInvalid", "HeartbeatLink",

@@ -1,13 +1,10 @@
-"""agent.config: the schema, every error message, the classic files and block packing."""
+"""agent.config.build: whole documents, every error message, and nothing but ConfigInvalid."""
 
 from __future__ import annotations
 
 import copy
 import math
-import os
 import re
-import struct
-import time
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 
@@ -24,86 +21,9 @@ from agent.config import (
     NodeConfig,
     format_errors,
     load_config,
-    load_keys,
 )
-
-SECRET = "00112233445566778899aabbccddeeff"
-EXAMPLE = Path(__file__).parents[3] / "packaging" / "dpagent.toml"
-
-
-# --- a tiny TOML writer: inline tables are enough for every document we need ---------
-
-
-def toml_string(text: str) -> str:
-    out = []
-    for c in text:
-        if c in '"\\' or ord(c) < 0x20 or ord(c) == 0x7F:
-            out.append(f"\\u{ord(c):04x}")
-        else:
-            out.append(c)
-    return '"' + "".join(out) + '"'
-
-
-def toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return toml_string(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return "{" + ", ".join(f"{toml_string(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
-
-
-def toml_document(document: dict) -> str:
-    return "".join(f"{toml_string(k)} = {toml_value(v)}\n" for k, v in document.items())
-
-
-# --- fixtures ----------------------------------------------------------------------------
-
-
-def minimal() -> dict:
-    return {
-        "node": {"id": 1},
-        "auth": {"key_file": "key"},
-        "heartbeat": [{"interface": "eth0", "group": "224.0.0.18"}],
-        "block": [{"name": "ext", "interface": "eth1", "addresses": ["192.0.2.10"]}],
-    }
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    key = tmp_path / "key"
-    key.write_text(f"1 {SECRET}\n")
-    key.chmod(0o600)
-    return tmp_path
-
-
-def write(workdir: Path, document: dict) -> Path:
-    path = workdir / "dpagent.toml"
-    path.write_text(toml_document(document))
-    return path
-
-
-def error_lines(workdir: Path, document: dict) -> list[str]:
-    path = write(workdir, document)
-    with pytest.raises(ConfigInvalid) as caught:
-        load_config(path)
-    return format_errors(path, caught.value.errors).splitlines()
-
-
-def one_error(workdir: Path, document: dict) -> str:
-    """The single formatted error line, with the temporary directory shown as DIR."""
-    lines = error_lines(workdir, document)
-    assert len(lines) == 1, lines
-    return lines[0].replace(str(workdir), "DIR")
+from agent.config.schema import TABLES_BY_PATH
+from config_documents import SECRET, error_lines, minimal, one_error, write
 
 
 # --- valid configurations ------------------------------------------------------------------
@@ -160,52 +80,6 @@ def test_defaults(workdir: Path) -> None:
     assert config.blocks[0].announce == AnnounceConfig(pps=0, rounds=2, round_delay=2.0, refresh=0.0,
                                                        arp_mode="request")
 
-
-def test_classic_address_file_loads_unchanged(workdir: Path) -> None:
-    classic = (
-        b"# external addresses of fw1\r\n"
-        b"\r\n"
-        b"198.51.100.10\r\n"
-        b"   198.51.100.11   \r\n"
-        b"\t198.51.100.12\t# mail\r\n"
-        b"#198.51.100.99\r\n"
-        b"198.51.100.10\r\n"
-        b"2001:db8::1 # v6 too\r\n"
-        b"   \r\n"
-        b"198.51.100.13"
-    )
-    (workdir / "eth1.addr.external").write_bytes(classic)
-    document = minimal()
-    document["block"][0] = {"name": "ext", "interface": "eth1", "address_files": ["eth1.addr.external"]}
-    block = load_config(write(workdir, document)).blocks[0]
-    assert [str(a) for a in block.addresses] == [
-        "198.51.100.10", "198.51.100.11", "198.51.100.12", "198.51.100.13", "2001:db8::1"]
-
-
-def test_folding_within_a_block(workdir: Path) -> None:
-    document = minimal()
-    document["block"][0]["prefixes"] = ["198.18.0.0/16", "198.18.4.0/24", "198.18.0.0/16"]
-    document["block"][0]["addresses"] = ["198.18.9.9", "192.0.2.1", "192.0.2.1"]
-    block = load_config(write(workdir, document)).blocks[0]
-    assert block.prefixes == (ip_network("198.18.0.0/16"),)
-    assert block.addresses == (ip_address("192.0.2.1"),)
-    assert block.address_count == 65537
-
-
-def test_example_config_is_valid(workdir: Path) -> None:
-    (workdir / "eth1.addr.external").write_text("203.0.113.20\n")
-    text = EXAMPLE.read_text().replace("/etc/dpagent/", f"{workdir}/")
-    path = workdir / "dpagent.toml"
-    path.write_text(text)
-    config = load_config(path)
-    assert [b.name for b in config.blocks] == ["external", "internal-gw"]
-
-
-def test_example_config_comments_every_key() -> None:
-    lines = EXAMPLE.read_text().splitlines()
-    for previous, line in zip(lines, lines[1:]):
-        if re.match(r"[a-z_]+ = ", line):
-            assert previous.startswith("#"), line
 
 
 # --- error messages, exactly ---------------------------------------------------------
@@ -303,42 +177,6 @@ def test_structural_errors(workdir: Path, change, expected: str) -> None:
     assert one_error(workdir, document) == f"DIR/dpagent.toml: {expected}"
 
 
-def test_address_file_errors(workdir: Path) -> None:
-    (workdir / "bad.addr").write_text("# header\n192.0.2.20\r\nnot-an-ip # oops\n\n2001:db8::zz\n")
-    document = minimal()
-    document["block"][0]["address_files"] = ["bad.addr", "missing.addr", "."]
-    assert error_lines(workdir, document) == [
-        f"{workdir}/dpagent.toml: block[0].address_files[0] = \"bad.addr\": {workdir}/bad.addr:3: 'not-an-ip': not an IP address",
-        f"{workdir}/dpagent.toml: block[0].address_files[0] = \"bad.addr\": {workdir}/bad.addr:5: '2001:db8::zz': not an IP address",
-        f'{workdir}/dpagent.toml: block[0].address_files[1] = "missing.addr": cannot read: No such file or directory',
-        f'{workdir}/dpagent.toml: block[0].address_files[2] = ".": cannot read: not a regular file',
-    ]
-
-
-def test_overlapping_blocks(workdir: Path) -> None:
-    (workdir / "b.addr").write_text("198.51.100.1\n203.0.113.5\n")
-    document = minimal()
-    document["block"] = [
-        {"name": "a", "interface": "eth1", "prefixes": ["198.18.0.0/16", "2001:db8::/116"],
-         "addresses": ["198.51.100.1"]},
-        {"name": "b", "interface": "eth1", "prefixes": ["198.18.7.0/24", "2001:db8::100/120"],
-         "addresses": ["198.18.200.1"], "address_files": ["b.addr"]},
-    ]
-    assert [line.replace(str(workdir), "DIR") for line in error_lines(workdir, document)] == [
-        'DIR/dpagent.toml: block[1].prefixes[0] = "198.18.7.0/24": overlaps 198.18.0.0/16 of block "a" (block[0].prefixes[0])',
-        'DIR/dpagent.toml: block[1].prefixes[1] = "2001:db8::100/120": overlaps 2001:db8::/116 of block "a" (block[0].prefixes[1])',
-        'DIR/dpagent.toml: block[1].addresses[0] = "198.18.200.1": inside 198.18.0.0/16 of block "a" (block[0].prefixes[0])',
-        'DIR/dpagent.toml: block[1].address_files[0] = "198.51.100.1": DIR/b.addr:1: also in block "a" (block[0].addresses[0])',
-    ]
-
-
-def test_loose_address_inside_later_block_prefix(workdir: Path) -> None:
-    document = minimal()
-    document["block"].append({"name": "big", "interface": "eth1", "prefixes": ["192.0.2.0/24"]})
-    assert one_error(workdir, document) == (
-        'DIR/dpagent.toml: block[0].addresses[0] = "192.0.2.10": inside 192.0.2.0/24 of block "big" (block[1].prefixes[0])')
-
-
 def test_all_errors_are_collected(workdir: Path) -> None:
     document = minimal()
     document["node"] = {"id": -1, "priority": 0, "colour": "red"}
@@ -369,122 +207,11 @@ def test_toml_syntax_error_and_missing_file(tmp_path: Path) -> None:
     assert format_errors("x.toml", caught.value.errors) == "x.toml: cannot read: No such file or directory"
 
 
-def test_config_error_str() -> None:
-    assert str(ConfigError("node.priority", 300, "must be an integer from 1 to 254")) == (
-        "node.priority = 300: must be an integer from 1 to 254")
-    assert str(ConfigError("node.id", None, "is required")) == "node.id: is required"
-
-
-# --- key file -----------------------------------------------------------------------------
-
-
-def key_errors(path: Path) -> list[str]:
-    with pytest.raises(ConfigInvalid) as caught:
-        load_keys(path)
-    return [str(e).replace(str(path.parent), "DIR") for e in caught.value.errors]
-
-
-def test_keys_load_in_order(tmp_path: Path) -> None:
-    path = tmp_path / "key"
-    path.write_text(f"# rotation in progress\r\n7 {SECRET}  # current\n\n3 {'ab' * 32}\n")
-    path.chmod(0o600)
-    assert load_keys(path) == ((7, bytes.fromhex(SECRET)), (3, b"\xab" * 32))
-
-
-@pytest.mark.parametrize(("mode", "expected"), [
-    (0o600, []),
-    (0o640, []),
-    (0o400, []),
-    (0o644, ['auth.key_file = "DIR/key": is world-readable (mode 0644): chmod 600 it']),
-    (0o660, ['auth.key_file = "DIR/key": is writable by group or others (mode 0660): chmod 600 it']),
-    (0o666, ['auth.key_file = "DIR/key": is world-readable (mode 0666): chmod 600 it',
-             'auth.key_file = "DIR/key": is writable by group or others (mode 0666): chmod 600 it']),
-])
-def test_key_file_permissions(tmp_path: Path, mode: int, expected: list[str]) -> None:
-    path = tmp_path / "key"
-    path.write_text(f"1 {SECRET}\n")
-    path.chmod(mode)
-    if expected:
-        assert key_errors(path) == expected
-    else:
-        assert load_keys(path) == ((1, bytes.fromhex(SECRET)),)
-
-
-@pytest.mark.parametrize(("content", "expected"), [
-    ("", "contains no keys (expected lines of KEY_ID SECRET_HEX)"),
-    ("# only a comment\n\n", "contains no keys (expected lines of KEY_ID SECRET_HEX)"),
-    (f"{SECRET}\n", "DIR/key:1: expected KEY_ID SECRET_HEX"),
-    (f"0 {SECRET}\n", "DIR/key:1: key id must be from 1 to 255"),
-    (f"256 {SECRET}\n", "DIR/key:1: key id must be from 1 to 255"),
-    ("1 00112233\n", "DIR/key:1: secret must be at least 32 hex digits (16 bytes)"),
-    (f"1 {SECRET}z\n", "DIR/key:1: secret must be hexadecimal with an even number of digits"),
-    (f"1 {SECRET}\n1 {SECRET}\n", "DIR/key:2: key id 1 appears twice"),
-    (f"1 {SECRET}\n2 {SECRET}\n3 {SECRET}\n", "has 3 keys, at most 2 (current and next)"),
-])
-def test_key_file_format(tmp_path: Path, content: str, expected: str) -> None:
-    path = tmp_path / "key"
-    path.write_text(content)
-    path.chmod(0o600)
-    assert key_errors(path) == [f'auth.key_file = "DIR/key": {expected}']
-
-
-def test_key_file_missing_or_not_a_file(tmp_path: Path) -> None:
-    assert key_errors(tmp_path / "key") == ['auth.key_file = "DIR/key": cannot read: No such file or directory']
-    os.mkfifo(tmp_path / "fifo", 0o600)
-    assert key_errors(tmp_path / "fifo") == ['auth.key_file = "DIR/fifo": cannot read: not a regular file']
-
-
-def test_key_errors_never_show_the_secret(tmp_path: Path) -> None:
-    path = tmp_path / "key"
-    path.write_text(f"1 {SECRET} extra\n")
-    path.chmod(0o644)
-    assert all(SECRET not in line for line in key_errors(path))
-
-
 def test_config_reports_key_file_errors(workdir: Path) -> None:
     (workdir / "key").write_text("")
     assert one_error(workdir, minimal()) == (
         'DIR/dpagent.toml: auth.key_file = "DIR/key": contains no keys (expected lines of KEY_ID SECRET_HEX)')
 
-
-# --- packing -------------------------------------------------------------------------------
-
-
-def test_packed_v4_of_a_slash_16_is_complete_and_ordered() -> None:
-    block = Block("big", "eth1", (ip_network("198.18.0.0/16"),), ())
-    timings = []
-    for _ in range(5):
-        start = time.perf_counter()
-        packed = block.packed_v4()
-        timings.append(time.perf_counter() - start)
-    assert len(packed) == 65536 * 4
-    values = struct.unpack(f"!{65536}I", packed)
-    assert values == tuple(range(int(ip_address("198.18.0.0")), int(ip_address("198.18.255.255")) + 1))
-    assert sorted(timings)[2] < 0.05  # about 1.5 ms here; the bound only catches a regression to per-address Python
-    assert block.packed_v6() == b""
-
-
-def test_packing_merges_prefixes_and_loose_addresses_in_order() -> None:
-    block = Block("mix", "eth1",
-                  (ip_network("192.0.2.8/30"), ip_network("203.0.113.0/31"), ip_network("2001:db8::100/126")),
-                  (ip_address("192.0.2.1"), ip_address("198.51.100.1"), ip_address("203.0.113.9"),
-                   ip_address("2001:db8::1"), ip_address("2001:db8::ffff")))
-    v4 = [str(ip_address(b)) for b in struct.unpack(f"!{len(block.packed_v4()) // 4}I", block.packed_v4())]
-    assert v4 == ["192.0.2.1", "192.0.2.8", "192.0.2.9", "192.0.2.10", "192.0.2.11", "198.51.100.1",
-                  "203.0.113.0", "203.0.113.1", "203.0.113.9"]
-    packed6 = block.packed_v6()
-    v6 = [str(ip_address(packed6[i:i + 16])) for i in range(0, len(packed6), 16)]
-    assert v6 == ["2001:db8::1", "2001:db8::100", "2001:db8::101", "2001:db8::102", "2001:db8::103", "2001:db8::ffff"]
-    assert block.address_count == 4 + 2 + 4 + 5
-
-
-def test_packed_v6_of_a_slash_112() -> None:
-    block = Block("v6", "eth1", (ip_network("2001:db8:1:2:3:4:5:0/112"),), ())
-    packed = block.packed_v6()
-    assert len(packed) == 65536 * 16
-    assert packed[:16] == ip_address("2001:db8:1:2:3:4:5:0").packed
-    assert packed[16 * 0x1234:16 * 0x1235] == ip_address("2001:db8:1:2:3:4:5:1234").packed
-    assert packed[-16:] == ip_address("2001:db8:1:2:3:4:5:ffff").packed
 
 
 # --- property: nothing but ConfigInvalid ---------------------------------------------------
@@ -504,12 +231,16 @@ def table(keys: tuple[str, ...]) -> st.SearchStrategy[dict]:
     return st.dictionaries(st.sampled_from(keys) | st.text(max_size=6), VALUES, max_size=len(keys) + 1)
 
 
-NODE = table(("id", "priority", "preempt", "preempt_delay", "advert_interval", "dead_multiplier"))
-HEARTBEAT = table(("interface", "group", "peers", "port"))
+def schema_table(path: str) -> st.SearchStrategy[dict]:
+    return table(tuple(k.name for k in TABLES_BY_PATH[path] if k.name != "announce"))
+
+
+NODE = schema_table("node")
+HEARTBEAT = schema_table("heartbeat")
 BLOCK = st.builds(
     lambda t, announce: {**t, "announce": announce} if announce is not None else t,
-    table(("name", "interface", "prefixes", "addresses", "address_files")),
-    st.none() | table(("pps", "rounds", "round_delay", "refresh", "arp_mode")) | VALUES,
+    schema_table("block"),
+    st.none() | schema_table("block.announce") | VALUES,
 )
 DOCUMENT = st.fixed_dictionaries({}, optional={
     "node": NODE | VALUES,

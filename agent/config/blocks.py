@@ -1,0 +1,189 @@
+"""Address blocks: prefixes, inline addresses and classic address files, folded and checked.
+
+Each block is first a draft that remembers where every prefix and address came
+from (key path, FILE:LINE), so that an overlap between two blocks names both
+places; only then is it folded into a `Block` of disjoint sorted prefixes and
+the loose addresses outside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
+
+from agent.config.files import classic_lines, read_text
+from agent.config.messages import ConfigError, reason
+from agent.config.model import AnnounceConfig, Block
+from agent.config.parse import Table, parse_address, parse_prefix
+from agent.config.schema import TABLES_BY_PATH
+from agent.core.packing import IPAddress, IPNetwork
+
+
+@dataclass
+class _Draft:
+    """A block being built: prefixes and loose addresses with where each came from."""
+
+    index: int
+    name: str
+    interface: str | None
+    prefixes: dict[IPNetwork, str]
+    loose: dict[IPAddress, tuple[str, str]]  # address -> (key path, FILE:LINE or "")
+    announce: AnnounceConfig | None
+
+
+def build_blocks(tables: list[dict] | None, base: Path, errors: list[ConfigError]) -> tuple[Block, ...] | None:
+    """Every block, or None after recording why; overlaps between blocks are errors."""
+    if tables is None:
+        return None
+    if not tables:
+        errors.append(ConfigError("block", None, "at least one [[block]] is required"))
+        return None
+    before = len(errors)
+    drafts = [_draft(i, table, base, errors) for i, table in enumerate(tables)]
+    _check_unique_names(drafts, errors)
+    _check_overlaps(drafts, errors)
+    if len(errors) != before:
+        return None
+    return tuple(_finish(d) for d in drafts)
+
+
+def _draft(index: int, table: dict, base: Path, errors: list[ConfigError]) -> _Draft:
+    t = Table(table, f"block[{index}]", errors, TABLES_BY_PATH["block"])
+    name = t.value("name")
+    interface = t.value("interface")
+    before = len(errors)
+    draft = _Draft(index, name or "", interface, {}, {}, _announce(t))  # type: ignore[arg-type]
+    for key, text in t.strings("prefixes"):
+        net = parse_prefix(text)
+        if isinstance(net, str):
+            errors.append(ConfigError(key, text, net))
+        else:
+            draft.prefixes.setdefault(net, key)
+    for key, text in t.strings("addresses"):
+        _add_loose(draft, key, text, errors)
+    for key, text in t.strings("address_files"):
+        _add_file(draft, key, text, base / text, errors)
+    _fold_own_prefixes(draft)
+    if len(errors) == before and not draft.prefixes and not draft.loose:
+        errors.append(ConfigError(t.where, None, "has no addresses: give prefixes, addresses or address_files"))
+    return draft
+
+
+def _announce(block: Table) -> AnnounceConfig | None:
+    table = block.value("announce")
+    if table is None:
+        return None
+    t = Table(table, block.key("announce"), block.errors, TABLES_BY_PATH["block.announce"])  # type: ignore[arg-type]
+    values = {name: t.value(name) for name in t.keys}
+    return None if None in values.values() else AnnounceConfig(**values)  # type: ignore[arg-type]
+
+
+def _add_loose(draft: _Draft, key: str, text: str, errors: list[ConfigError]) -> None:
+    parsed = parse_address(text, multicast=False)
+    if isinstance(parsed, str):
+        errors.append(ConfigError(key, text, parsed))
+    else:
+        draft.loose.setdefault(parsed, (key, ""))
+
+
+def _add_file(draft: _Draft, key: str, text: str, path: Path, errors: list[ConfigError]) -> None:
+    """Load a classic `<dev>.addr.external` file; each bad line is its own error."""
+    try:
+        _, content = read_text(path)
+    except (OSError, ValueError) as e:
+        errors.append(ConfigError(key, text, f"cannot read: {reason(e)}"))
+        return
+    for number, line in classic_lines(content):
+        parsed = parse_address(line, multicast=False)
+        if isinstance(parsed, str):
+            errors.append(ConfigError(key, text, f"{path}:{number}: {line!r}: {parsed}"))
+        else:
+            draft.loose.setdefault(parsed, (key, f"{path}:{number}"))
+
+
+def _fold_own_prefixes(draft: _Draft) -> None:
+    """Drop prefixes nested in another of the same block, then loose addresses inside them."""
+    nets = sorted(draft.prefixes, key=lambda n: (n.version, n.prefixlen))
+    kept: dict[IPNetwork, str] = {}
+    for net in nets:
+        if not any(net.version == k.version and net.subnet_of(k) for k in kept):  # type: ignore[arg-type]
+            kept[net] = draft.prefixes[net]
+    draft.prefixes = kept
+    index = _PrefixIndex(kept)
+    draft.loose = {a: o for a, o in draft.loose.items() if index.find(a) is None}
+
+
+def _check_unique_names(drafts: list[_Draft], errors: list[ConfigError]) -> None:
+    first: dict[str, int] = {}
+    for d in drafts:
+        if not d.name:
+            continue
+        if d.name in first:
+            errors.append(ConfigError(f"block[{d.index}].name", d.name, f"already used by block[{first[d.name]}]"))
+        else:
+            first[d.name] = d.index
+
+
+def _check_overlaps(drafts: list[_Draft], errors: list[ConfigError]) -> None:
+    """Report every prefix or address that two blocks would both claim, naming both."""
+    for j, later in enumerate(drafts):
+        for net, key in later.prefixes.items():
+            for earlier in drafts[:j]:
+                for other, other_key in earlier.prefixes.items():
+                    if net.version == other.version and net.overlaps(other):  # type: ignore[arg-type]
+                        errors.append(ConfigError(key, str(net), f"overlaps {other} of {_label(earlier)} ({other_key})"))
+    owner: dict[IPAddress, _Draft] = {}
+    for d in drafts:
+        for address in d.loose:
+            owner.setdefault(address, d)
+    index = _PrefixIndex({net: d for d in drafts for net in d.prefixes})
+    for d in drafts:
+        for address, (key, place) in d.loose.items():
+            here = f"{place}: " if place else ""
+            holder = index.find(address)
+            if holder is not None:
+                net, other = holder
+                errors.append(ConfigError(
+                    key, str(address), f"{here}inside {net} of {_label(other)} ({other.prefixes[net]})"))
+            first = owner[address]
+            if first is not d:
+                there = ", ".join(filter(None, first.loose[address]))
+                errors.append(ConfigError(key, str(address), f"{here}also in {_label(first)} ({there})"))
+
+
+def _label(draft: _Draft) -> str:
+    return f'block "{draft.name}"' if draft.name else f"block[{draft.index}]"
+
+
+class _PrefixIndex:
+    """Which prefix holds an address, in one dict lookup per distinct prefix length."""
+
+    def __init__(self, prefixes: dict) -> None:
+        self.by_length: dict[tuple[int, int], dict[int, tuple]] = {}
+        for net, payload in prefixes.items():
+            bucket = self.by_length.setdefault((net.version, net.prefixlen), {})
+            bucket[int(net.network_address)] = (net, payload)
+
+    def find(self, address: IPAddress) -> tuple | None:
+        """(prefix, its payload) of the prefix that holds `address`, or None."""
+        bits = address.max_prefixlen
+        for (version, length), bucket in self.by_length.items():
+            if version == address.version:
+                mask = ((1 << bits) - 1) ^ ((1 << (bits - length)) - 1)
+                hit = bucket.get(int(address) & mask)
+                if hit is not None:
+                    return hit
+        return None
+
+
+def _finish(draft: _Draft) -> Block:
+    prefixes = tuple(sorted(draft.prefixes, key=_sort_key))
+    addresses = tuple(sorted(draft.loose, key=_sort_key))
+    return Block(draft.name, draft.interface, prefixes, addresses, draft.announce)  # type: ignore[arg-type]
+
+
+def _sort_key(item: IPAddress | IPNetwork) -> tuple[int, int]:
+    if isinstance(item, (IPv4Network, IPv6Network)):
+        return item.version, int(item.network_address)
+    return item.version, int(item)

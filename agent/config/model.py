@@ -1,0 +1,96 @@
+"""The validated configuration as frozen values, what the rest of the agent reads.
+
+Field defaults come from the schema, so a value built in code means the same as
+a key left out of the file. Nothing here validates: `load_config` only builds
+these from checked values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.config.schema import default
+from agent.core.election import ElectionConfig
+from agent.core.packing import IPAddress, IPNetwork, pack_addresses
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    id: int
+    priority: int = default("node", "priority")
+    preempt: bool = default("node", "preempt")
+    preempt_delay: float = default("node", "preempt_delay")
+    advert_interval: float = default("node", "advert_interval")
+    dead_multiplier: int = default("node", "dead_multiplier")
+    realtime_priority: int = default("node", "realtime_priority")
+    state_dir: Path = Path(default("node", "state_dir"))
+
+    @property
+    def dead_interval(self) -> float:
+        """Seconds of silence after which the peer is declared dead."""
+        return self.advert_interval * self.dead_multiplier
+
+    @property
+    def election(self) -> ElectionConfig:
+        """The election's settings; both check the same ranges (agent.core.limits)."""
+        return ElectionConfig(
+            node_id=self.id,
+            priority=self.priority,
+            preempt=self.preempt,
+            preempt_delay=self.preempt_delay,
+            advert_interval=self.advert_interval,
+            dead_multiplier=self.dead_multiplier,
+        )
+
+
+@dataclass(frozen=True)
+class HeartbeatLink:
+    interface: str
+    group: IPAddress | None
+    peers: tuple[IPAddress, ...]
+    port: int = default("heartbeat", "port")
+
+
+@dataclass(frozen=True)
+class AnnounceConfig:
+    pps: int = default("block.announce", "pps")
+    rounds: int = default("block.announce", "rounds")
+    round_delay: float = default("block.announce", "round_delay")
+    refresh: float = default("block.announce", "refresh")
+    arp_mode: str = default("block.announce", "arp_mode")
+
+
+@dataclass(frozen=True)
+class Block:
+    """An address block: disjoint sorted prefixes plus the loose addresses outside them."""
+
+    name: str
+    interface: str
+    prefixes: tuple[IPNetwork, ...]
+    addresses: tuple[IPAddress, ...]
+    announce: AnnounceConfig = AnnounceConfig()
+
+    @property
+    def address_count(self) -> int:
+        return sum(p.num_addresses for p in self.prefixes) + len(self.addresses)
+
+    def packed_v4(self) -> bytes:
+        """Every IPv4 address of the block, ascending, 4 bytes each in network order."""
+        return pack_addresses(self.prefixes, self.addresses, 4)
+
+    def packed_v6(self) -> bytes:
+        """Every IPv6 address of the block, ascending, 16 bytes each in network order."""
+        return pack_addresses(self.prefixes, self.addresses, 6)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    node: NodeConfig
+    heartbeat: tuple[HeartbeatLink, ...]
+    key_file: Path
+    control_socket: Path
+    blocks: tuple[Block, ...]
+    # (key id, secret) pairs from key_file, the sending key first; never printed.
+    keys: tuple[tuple[int, bytes], ...] = field(default=(), repr=False)

@@ -1,0 +1,208 @@
+"""The configuration schema: every key's type, range, default and help, once.
+
+The parser validates from these tables and the model takes its defaults from
+them, so the two cannot drift apart. Every limit of the configuration is named here, with the
+reason for it; the election's ranges come from agent.core.limits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from agent.config.messages import number, toml
+from agent.core import limits
+
+DEFAULT_PATH = Path("/etc/dpagent/dpagent.toml")
+
+# --- limits ------------------------------------------------------------------------
+
+# The key file: the current key and the next one, during a rotation.
+MAX_KEYS = 2
+# A key id is one byte on the wire; 0 is not used.
+KEY_ID = (1, 255)
+# 128 bits, the least a key for the frames' MAC should have.
+MIN_SECRET_BYTES = 16
+# sizeof(sockaddr_un.sun_path) minus the terminating NUL.
+SUN_PATH_MAX = 107
+# The kernel's IFNAMSIZ, NUL included.
+IFNAMSIZ = 16
+# Block names appear in metrics labels and agentctl's columns.
+BLOCK_NAME_MAX = 32
+# An IPv4 prefix becomes one AnyIP route, but every member is announced by GARP:
+# a /8 is 16.7 million frames a round.
+MIN_V4_PREFIXLEN = 8
+# IPv6 prefixes are expanded to single addresses for neighbour advertisements.
+# The kernel adds IPv6 addresses one at a time at a cost that grows with their
+# number (4,096 took 4.2 s here, the next 4,096 8.9 s): bound a takeover's length.
+MAX_V6_PREFIX_ADDRESSES = 1 << 12
+MIN_V6_PREFIXLEN = 128 - (MAX_V6_PREFIX_ADDRESSES.bit_length() - 1)  # /116
+
+# --- types -------------------------------------------------------------------------
+
+INTEGER = "integer"
+NUMBER = "number"
+NUMBER_OR_OFF = "number or 0"
+BOOLEAN = "boolean"
+STRING = "string"  # range: None, or the tuple of allowed values
+PATH = "path"  # relative to the configuration file's directory
+INTERFACE = "interface"
+NAME = "name"
+STRINGS = "strings"
+TABLE = "table"
+TABLES = "tables"
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED = _Required()
+"""The default of a key that must be given."""
+
+
+class Key(NamedTuple):
+    name: str
+    type: str
+    range: tuple | None
+    default: object  # REQUIRED, None (optional, no value) or the value taken when absent
+    help: str
+
+
+# --- the tables ---------------------------------------------------------------------
+
+_TOP = (
+    Key("node", TABLE, None, None, "This node: its identity and its part in the election."),
+    Key("auth", TABLE, None, None, "The keys that authenticate heartbeat and sync frames."),
+    Key("control", TABLE, None, None, "The local control socket."),
+    Key("heartbeat", TABLES, None, None,
+        "One [[heartbeat]] table per link the adverts are sent on; at least one, and at "
+        "most one per interface. Two independent links make a split brain less likely."),
+    Key("block", TABLES, None, None,
+        "One [[block]] table per address block. A block moves between nodes as a whole. "
+        "Its addresses may be given as prefixes, inline addresses and classic address "
+        "files, in any mix; duplicates and addresses inside the block's own prefixes are "
+        "folded. An address or prefix claimed by two blocks is an error."),
+)
+
+_NODE = (
+    Key("id", INTEGER, limits.NODE_ID, REQUIRED, "This node's id, unique in the cluster."),
+    Key("priority", INTEGER, limits.PRIORITY, 100,
+        "Election priority; the live node with the highest priority is master (ucarp's "
+        "advskew, inverted)."),
+    Key("preempt", BOOLEAN, None, True,
+        "Whether a node of higher priority takes over from a live master of lower "
+        "priority when it comes back."),
+    Key("preempt_delay", NUMBER, limits.PREEMPT_DELAY, 0.0,
+        "Seconds a returning higher-priority node waits before it preempts, so that a "
+        "flapping node does not move the blocks back and forth."),
+    Key("advert_interval", NUMBER, limits.ADVERT_INTERVAL, 0.05, "Seconds between two heartbeat adverts."),
+    Key("dead_multiplier", INTEGER, limits.DEAD_MULTIPLIER, 3,
+        "Missed adverts after which the peer is declared dead: with the default interval "
+        "and multiplier a failover starts 150 ms after the master dies."),
+    Key("realtime_priority", INTEGER, (0, 99), 10,
+        "SCHED_RR priority of the thread that sends and reads the adverts, or 0 for none "
+        "(as keepalived's vrrp_rt_priority). Takeover work (netlink, announcements) runs "
+        "in other threads at normal priority, so a busy CPU cannot delay an advert past "
+        "the peer's dead interval. Needs CAP_SYS_NICE."),
+    Key("state_dir", PATH, None, "/var/lib/dpagent",
+        "Directory where the agent keeps its heartbeat epoch across restarts, so that a "
+        "node whose clock went backwards is not taken for a replay by its peers (the "
+        "unit's StateDirectory)."),
+)
+
+_AUTH = (
+    Key("key_file", PATH, None, REQUIRED,
+        "File with the heartbeat and sync keys. It must be a regular file, not readable "
+        "by others nor writable by group or others (chmod 600). Format: one `KEY_ID "
+        f"SECRET_HEX` per line (key id {KEY_ID[0]} to {KEY_ID[1]}, secret at least "
+        f"{MIN_SECRET_BYTES * 2} hex digits = {MIN_SECRET_BYTES} bytes), `#` comments; frames "
+        f"are sent with the first key, and up to {MAX_KEYS} lines are accepted while a key "
+        "rotation is under way. Create one with:\n"
+        "  printf '1 %s\\n' \"$(openssl rand -hex 32)\" > /etc/dpagent/key && chmod 600 /etc/dpagent/key"),
+)
+
+_CONTROL = (
+    Key("socket", PATH, None, "/run/dpagent/control.sock",
+        f"Unix socket that `agentctl` talks to; at most {SUN_PATH_MAX} bytes."),
+)
+
+_HEARTBEAT = (
+    Key("interface", INTERFACE, None, REQUIRED, "Interface the adverts leave and arrive on."),
+    Key("group", STRING, None, None,
+        "Multicast group (IPv4 or IPv6) to send adverts to. Give either group or peers."),
+    Key("peers", STRINGS, None, None,
+        "Unicast addresses of the other nodes, instead of a group (where multicast is "
+        "filtered). All of one IP version per link."),
+    Key("port", INTEGER, (1, 65535), 7788, "UDP port."),
+)
+
+_BLOCK = (
+    Key("name", NAME, None, REQUIRED, "Name shown by agentctl and in metrics; unique."),
+    Key("interface", INTERFACE, None, REQUIRED,
+        "Interface the addresses live on (and announcements are sent from)."),
+    Key("prefixes", STRINGS, None, None,
+        "CIDR prefixes, IPv4 or IPv6. The address must be the network address (no host "
+        f"bits). IPv4: /{MIN_V4_PREFIXLEN} or longer, each becomes one AnyIP route. IPv6: "
+        f"/{MIN_V6_PREFIXLEN} or longer (at most "
+        f"{MAX_V6_PREFIX_ADDRESSES:,} addresses), since each address is configured on the "
+        "interface and gets its own neighbour advertisement."),
+    Key("addresses", STRINGS, None, None, "Single addresses, IPv4 or IPv6 (a /32 or /128 suffix is accepted)."),
+    Key("address_files", STRINGS, None, None,
+        "Classic address files as ucarp up-scripts used them (`eth1.addr.external`): one "
+        "address per line, `#` comments (also after an address), blank lines, surrounding "
+        "spaces and CRLF line ends are all fine."),
+    Key("announce", TABLE, None, None,
+        "How a takeover is announced: gratuitous ARP for IPv4, unsolicited neighbour "
+        "advertisements for IPv6, for every address of the block."),
+)
+
+_ANNOUNCE = (
+    Key("pps", INTEGER, (0, 10_000_000), 0, "Frames per second at most; 0 means as fast as possible."),
+    Key("rounds", INTEGER, (1, 100), 2,
+        "Times the whole block is announced after a takeover (2 is like `arping -A -c 2`)."),
+    Key("round_delay", NUMBER, (0.1, 3600.0), 2.0,
+        "Seconds between two rounds; the default is more than the 1 s locktime during "
+        "which Linux neighbours ignore a second update."),
+    Key("refresh", NUMBER_OR_OFF, (1.0, 86400.0), 0.0, "Seconds between re-announcements while master."),
+    Key("arp_mode", STRING, ("request", "reply"), "request",
+        'Kind of gratuitous ARP: "request" works with most neighbours, "reply" is what '
+        "`arping -A` sends."),
+)
+
+TABLES_BY_PATH: dict[str, tuple[Key, ...]] = {
+    "": _TOP,
+    "node": _NODE,
+    "auth": _AUTH,
+    "control": _CONTROL,
+    "heartbeat": _HEARTBEAT,
+    "block": _BLOCK,
+    "block.announce": _ANNOUNCE,
+}
+"""Schema path of a table (array indexes left out) -> its keys, in the order they are documented."""
+
+
+def default(table: str, name: str) -> Any:
+    """The value a key takes when it is absent, for the model's field defaults."""
+    return next(k.default for k in TABLES_BY_PATH[table] if k.name == name)
+
+
+def describe(k: Key) -> str:
+    """What a valid value is, as in "must be <this>"; the example's comments say the same."""
+    if k.type == INTEGER:
+        return f"an integer from {k.range[0]} to {k.range[1]}"
+    if k.type == NUMBER:
+        return f"a number from {number(k.range[0])} to {number(k.range[1])}"
+    if k.type == NUMBER_OR_OFF:
+        return f"0 (off) or a number from {number(k.range[0])} to {number(k.range[1])}"
+    if k.type == STRING and k.range:
+        return " or ".join(toml(choice) for choice in k.range)
+    if k.type == INTERFACE:
+        return f"a Linux interface name (1 to {IFNAMSIZ - 1} bytes, no '/', ':' or spaces)"
+    if k.type == NAME:
+        return f"1 to {BLOCK_NAME_MAX} characters from A-Z, a-z, 0-9, '_' and '-'"
+    if k.type == TABLES:
+        return f"an array of tables ([[{k.name}]])"
+    return {BOOLEAN: "true or false", STRING: "a string", PATH: "a path", STRINGS: "a list of strings",
+            TABLE: "a table"}[k.type]

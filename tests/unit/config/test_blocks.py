@@ -1,0 +1,77 @@
+"""agent.config.blocks: address files, folding within a block, overlaps between blocks."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address, ip_network
+from pathlib import Path
+
+from agent.config import load_config
+from config_documents import error_lines, minimal, one_error, write
+
+
+def test_classic_address_file_loads_unchanged(workdir: Path) -> None:
+    classic = (
+        b"# external addresses of fw1\r\n"
+        b"\r\n"
+        b"198.51.100.10\r\n"
+        b"   198.51.100.11   \r\n"
+        b"\t198.51.100.12\t# mail\r\n"
+        b"#198.51.100.99\r\n"
+        b"198.51.100.10\r\n"
+        b"2001:db8::1 # v6 too\r\n"
+        b"   \r\n"
+        b"198.51.100.13"
+    )
+    (workdir / "eth1.addr.external").write_bytes(classic)
+    document = minimal()
+    document["block"][0] = {"name": "ext", "interface": "eth1", "address_files": ["eth1.addr.external"]}
+    block = load_config(write(workdir, document)).blocks[0]
+    assert [str(a) for a in block.addresses] == [
+        "198.51.100.10", "198.51.100.11", "198.51.100.12", "198.51.100.13", "2001:db8::1"]
+
+
+def test_folding_within_a_block(workdir: Path) -> None:
+    document = minimal()
+    document["block"][0]["prefixes"] = ["198.18.0.0/16", "198.18.4.0/24", "198.18.0.0/16"]
+    document["block"][0]["addresses"] = ["198.18.9.9", "192.0.2.1", "192.0.2.1"]
+    block = load_config(write(workdir, document)).blocks[0]
+    assert block.prefixes == (ip_network("198.18.0.0/16"),)
+    assert block.addresses == (ip_address("192.0.2.1"),)
+    assert block.address_count == 65537
+
+
+def test_address_file_errors(workdir: Path) -> None:
+    (workdir / "bad.addr").write_text("# header\n192.0.2.20\r\nnot-an-ip # oops\n\n2001:db8::zz\n")
+    document = minimal()
+    document["block"][0]["address_files"] = ["bad.addr", "missing.addr", "."]
+    assert error_lines(workdir, document) == [
+        f"{workdir}/dpagent.toml: block[0].address_files[0] = \"bad.addr\": {workdir}/bad.addr:3: 'not-an-ip': not an IP address",
+        f"{workdir}/dpagent.toml: block[0].address_files[0] = \"bad.addr\": {workdir}/bad.addr:5: '2001:db8::zz': not an IP address",
+        f'{workdir}/dpagent.toml: block[0].address_files[1] = "missing.addr": cannot read: No such file or directory',
+        f'{workdir}/dpagent.toml: block[0].address_files[2] = ".": cannot read: not a regular file',
+    ]
+
+
+def test_overlapping_blocks(workdir: Path) -> None:
+    (workdir / "b.addr").write_text("198.51.100.1\n203.0.113.5\n")
+    document = minimal()
+    document["block"] = [
+        {"name": "a", "interface": "eth1", "prefixes": ["198.18.0.0/16", "2001:db8::/116"],
+         "addresses": ["198.51.100.1"]},
+        {"name": "b", "interface": "eth1", "prefixes": ["198.18.7.0/24", "2001:db8::100/120"],
+         "addresses": ["198.18.200.1"], "address_files": ["b.addr"]},
+    ]
+    assert [line.replace(str(workdir), "DIR") for line in error_lines(workdir, document)] == [
+        'DIR/dpagent.toml: block[1].prefixes[0] = "198.18.7.0/24": overlaps 198.18.0.0/16 of block "a" (block[0].prefixes[0])',
+        'DIR/dpagent.toml: block[1].prefixes[1] = "2001:db8::100/120": overlaps 2001:db8::/116 of block "a" (block[0].prefixes[1])',
+        'DIR/dpagent.toml: block[1].addresses[0] = "198.18.200.1": inside 198.18.0.0/16 of block "a" (block[0].prefixes[0])',
+        'DIR/dpagent.toml: block[1].address_files[0] = "198.51.100.1": DIR/b.addr:1: also in block "a" (block[0].addresses[0])',
+    ]
+
+
+def test_loose_address_inside_later_block_prefix(workdir: Path) -> None:
+    document = minimal()
+    document["block"].append({"name": "big", "interface": "eth1", "prefixes": ["192.0.2.0/24"]})
+    assert one_error(workdir, document) == (
+        'DIR/dpagent.toml: block[0].addresses[0] = "192.0.2.10": inside 192.0.2.0/24 of block "big" (block[1].prefixes[0])')
+
