@@ -1,7 +1,9 @@
 """The configuration schema: every key's type, range, default and help, once.
 
-The parser validates from these tables and the model takes its defaults from
-them, so the two cannot drift apart. Every limit of the configuration is named here, with the
+The parser validates from these tables, the model takes its defaults from them
+and the example configuration (packaging/dpagent.toml, written by
+`python -m agent.config.example`) takes its comments from them, so the three
+cannot drift apart. Every limit of the configuration is named here, with the
 reason for it; the election's ranges come from agent.core.limits.
 """
 

@@ -1,27 +1,35 @@
-"""agent.config.schema: the example configuration documents every key."""
+"""agent.config.schema: the tables agree with themselves and with the election's limits."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+import pytest
 
-from agent.config import load_config
+from agent.config.schema import (
+    BOOLEAN, INTEGER, NUMBER, NUMBER_OR_OFF, REQUIRED, STRING, TABLES_BY_PATH, Key,
+)
+from agent.core import limits
 
-EXAMPLE = Path(__file__).parents[3] / "packaging" / "dpagent.toml"
-
-
-def test_example_config_is_valid(workdir: Path) -> None:
-    (workdir / "eth1.addr.external").write_text("203.0.113.20\n")
-    text = EXAMPLE.read_text().replace("/etc/dpagent/", f"{workdir}/")
-    path = workdir / "dpagent.toml"
-    path.write_text(text)
-    config = load_config(path)
-    assert [b.name for b in config.blocks] == ["external", "internal-gw"]
+KEYS = [(path, k) for path, keys in TABLES_BY_PATH.items() for k in keys]
 
 
-def test_example_config_comments_every_key() -> None:
-    lines = EXAMPLE.read_text().splitlines()
-    for previous, line in zip(lines, lines[1:]):
-        if re.match(r"[a-z_]+ = ", line):
-            assert previous.startswith("#"), line
+@pytest.mark.parametrize(("path", "key"), KEYS, ids=[f"{p}.{k.name}" for p, k in KEYS])
+def test_every_default_is_a_value_of_its_own_key(path: str, key: Key) -> None:
+    if key.default is None or key.default is REQUIRED:
+        return
+    if key.type in (INTEGER, NUMBER):
+        assert key.range[0] <= key.default <= key.range[1]
+    if key.type == NUMBER_OR_OFF:
+        assert key.default == 0 or key.range[0] <= key.default <= key.range[1]
+    if key.type == STRING and key.range:
+        assert key.default in key.range
+    if key.type == BOOLEAN:
+        assert isinstance(key.default, bool)
 
+
+def test_the_election_ranges_are_the_core_limits() -> None:
+    ranges = {k.name: k.range for k in TABLES_BY_PATH["node"]}
+    assert ranges["id"] == limits.NODE_ID
+    assert ranges["priority"] == limits.PRIORITY
+    assert ranges["preempt_delay"] == limits.PREEMPT_DELAY
+    assert ranges["advert_interval"] == limits.ADVERT_INTERVAL
+    assert ranges["dead_multiplier"] == limits.DEAD_MULTIPLIER
