@@ -1,24 +1,32 @@
 """Root-only tests on the real kernel, each in network namespaces of its own.
 
-`netns_factory` makes uniquely named namespaces (lo up) and removes them,
-and kills every process registered with it, at teardown, also on failure.
-`netns_factory.enter(name)` moves the calling thread into a namespace for
-the duration of a with block, so sockets opened there live in it;
-`netns_factory.ip(...)` runs iproute2 and raises with its stderr.
+Both fixtures stand on agent.netns.Namespaces, the one namespace manager:
+
+`netns_factory(prefix)` makes a uniquely named namespace (lo up) and returns its
+name; `.register(process)` has a Popen or a PID killed at teardown;
+`.enter(name)` moves the calling thread into a namespace for the duration of a
+with block, so sockets opened there live in it; `.ip(...)` runs iproute2 and
+raises with its stderr. Every namespace and process goes at teardown, also on
+failure.
+
+`lab` is the two-node lab (agent.lab.Lab), removed at teardown; options for it
+come from a marker, e.g. `@pytest.mark.lab(heartbeat="switched")`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
-import signal
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from agent.netns import enter, ip
+from agent.lab import Lab
+from agent.netns import Namespaces, enter, ip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "lab(**options): keyword arguments for the `lab` fixture's Lab")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -32,34 +40,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 class NetnsFactory:
+    """The tests' call API over one Namespaces."""
+
     def __init__(self) -> None:
-        self.created: list[str] = []
-        self.processes: list[subprocess.Popen | int] = []
+        self.spaces = Namespaces(prefix="")
 
     def __call__(self, prefix: str = "dpt") -> str:
-        name = f"{prefix}-{secrets.token_hex(4)}"
-        ip("netns", "add", name)
-        self.created.append(name)
-        ip("link", "set", "lo", "up", netns=name)
-        return name
+        return self.spaces.new(prefix)
 
     def register(self, process: subprocess.Popen | int) -> None:
         """Kill this process (a Popen or a PID) at teardown."""
-        self.processes.append(process)
+        self.spaces.register(process)
 
     enter = staticmethod(enter)
     ip = staticmethod(ip)
 
     def cleanup(self) -> None:
-        for process in reversed(self.processes):
-            with contextlib.suppress(ProcessLookupError, OSError):
-                if isinstance(process, int):
-                    os.kill(process, signal.SIGKILL)
-                else:
-                    process.kill()
-                    process.wait(timeout=5)
-        for name in reversed(self.created):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        self.spaces.close()
 
 
 @pytest.fixture
@@ -69,3 +66,10 @@ def netns_factory() -> Iterator[NetnsFactory]:
         yield factory
     finally:
         factory.cleanup()
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    marker = request.node.get_closest_marker("lab")
+    with Lab(**(marker.kwargs if marker else {})) as built:
+        yield built

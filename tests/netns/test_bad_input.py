@@ -12,8 +12,6 @@ import struct
 import time
 from collections import Counter
 
-import pytest
-
 from agent.cli import request
 from agent.core.states import State
 from agent.core.wire import Frame, FrameType, KeyRing, encode
@@ -24,12 +22,6 @@ KEYS = KeyRing(((1, bytes.fromhex(KEY_HEX)),))
 HEADER = struct.Struct(">2sBBBBBBIIQQ")
 FAKE_NODE = 9
 FAKE_EPOCH = 1_000_000
-
-
-@pytest.fixture
-def lab():
-    with Lab() as built:
-        yield built
 
 
 def start_master(lab: Lab, config=None) -> dict:

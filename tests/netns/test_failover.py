@@ -16,12 +16,6 @@ from agent.labprobe import outage
 PROBE_SECONDS = 4.0
 
 
-@pytest.fixture
-def lab():
-    with Lab() as built:
-        yield built
-
-
 def start_pair(lab: Lab, **fw1_options) -> None:
     """fw1 first so it is master whatever the preempt setting, then fw2 as backup."""
     lab.start_agent(1, lab.write_config(1, **fw1_options))

@@ -7,15 +7,7 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from agent.lab import BLOCK_V4, Lab
-
-
-@pytest.fixture
-def lab():
-    with Lab() as built:
-        yield built
 
 
 def local_routes(lab: Lab) -> set[str]:

@@ -83,12 +83,6 @@ class NotifyListener:
 
 
 @pytest.fixture
-def lab():
-    with Lab() as built:
-        yield built
-
-
-@pytest.fixture
 def listener(lab):
     notify = NotifyListener(lab.dir / "notify.sock")
     yield notify
