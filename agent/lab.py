@@ -6,14 +6,18 @@
 
 The block 198.18.0.0/16 (and 2001:db8:1::/116) is on-link for the client, so the
 client ARPs for every address, as upstream routers do for a CLUSTERIP block: a
-failover is only complete when the neighbours learned the new MAC. Everything the
-lab creates (namespaces, processes, files, raised neighbour-table limits) it
-removes again in close(), which runs on exceptions, Ctrl-C and SIGTERM too.
+failover is only complete when the neighbours learned the new MAC.
+
+Everything the lab creates lives in its namespaces, its processes and its
+directory, made through one agent.netns.Namespaces, and close() removes all of it
+(also on exceptions, Ctrl-C and SIGTERM). The lab changes no host-wide setting:
+in particular it leaves the neighbour-table limits alone (see `resolve`).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import secrets
@@ -28,6 +32,7 @@ from pathlib import Path
 
 from agent.cli import request
 from agent.dataplane.addresses import DPAGENT_PROTO
+from agent.netns import Namespaces, batch, run_in
 
 BLOCK_V4 = "198.18.0.0/16"
 BLOCK_V6 = "2001:db8:1::/116"
@@ -39,11 +44,10 @@ CLIENT_EXT = "203.0.113.10"
 SERVER_INT = "198.51.100.10"
 KEY_HEX = "7d1b9f0e3c5a48f2a6b0c1d2e3f40516"
 ROLES = ("seg", "client", "fw1", "fw2", "server")
-NEIGH_ENTRIES = 16384
-
-
-def _run(argv: list[str], *, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, check=check, text=True, capture_output=True, input=input)
+HB_LINKS = ("hb0", "hb1")
+# Pinned interface indexes of the heartbeat links, distinct at the two ends (see Namespaces.veth).
+HB_INDEX = {"fw1": 4100, "fw2": 4200}
+RESOLVE_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -80,14 +84,13 @@ class Lab:
 
     def __init__(self, prefix: str | None = None) -> None:
         self.prefix = prefix or f"dpl{secrets.token_hex(3)}"
+        self.netns = Namespaces(self.prefix)
         self.dir = Path(tempfile.mkdtemp(prefix=f"dpagent-{self.prefix}-"))
-        self.procs: list[subprocess.Popen] = []
         self.agents: dict[int, subprocess.Popen] = {}
-        self._created: list[str] = []
-        self._neigh_restore: dict[str, str] = {}
+        self._names: dict[str, str] = {}
 
     def ns(self, role: str) -> str:
-        return f"{self.prefix}-{role}"
+        return self._names[role]
 
     # --- building -----------------------------------------------------------------
 
@@ -103,51 +106,26 @@ class Lab:
         self.close()
 
     def _batch(self, role: str, commands: list[str]) -> None:
-        _run(["ip", "-n", self.ns(role), "-batch", "-"], input="\n".join(commands) + "\n")
+        batch(self.ns(role), commands)
 
     def _sysctl(self, role: str, *settings: str) -> None:
-        _run(["ip", "netns", "exec", self.ns(role), "sysctl", "-q", "-w", *settings])
-
-    def _raise_neighbour_limits(self) -> None:
-        # The neighbour tables are shared by all namespaces and capped by init_net's
-        # gc_thresh3 (1024 by default): a client caching thousands of block addresses needs more.
-        for family in ("ipv4", "ipv6"):
-            for name, value in (("gc_thresh3", NEIGH_ENTRIES), ("gc_thresh2", NEIGH_ENTRIES // 2)):
-                path = Path(f"/proc/sys/net/{family}/neigh/default/{name}")
-                current = path.read_text().strip()
-                if int(current) < value:
-                    self._neigh_restore[str(path)] = current
-                    path.write_text(str(value))
+        self.exec(role, ["sysctl", "-q", "-w", *settings])
 
     def build(self) -> None:
-        self._raise_neighbour_limits()
+        spaces = self.netns
         for role in ROLES:
-            _run(["ip", "netns", "add", self.ns(role)])
-            self._created.append(self.ns(role))
-            self._batch(role, ["link set lo up"])
+            self._names[role] = spaces.new(role)
         seg = self.ns("seg")
-        self._batch("seg", [
-            "link add br-ext type bridge", "link add br-int type bridge",
-            "link set br-ext up", "link set br-int up",
-        ])
         self._sysctl("seg", "net.ipv6.conf.all.disable_ipv6=1")
         for node in (1, 2):
             fw = self.ns(f"fw{node}")
-            _run(["ip", "link", "add", "ext0", "netns", fw, "type", "veth", "peer", "name", f"fw{node}-ext", "netns", seg])
-            _run(["ip", "link", "add", "int0", "netns", fw, "type", "veth", "peer", "name", f"fw{node}-int", "netns", seg])
-            self._batch("seg", [
-                f"link set fw{node}-ext master br-ext up", f"link set fw{node}-int master br-int up",
-            ])
-        _run(["ip", "link", "add", "ext0", "netns", self.ns("client"), "type", "veth", "peer", "name", "cl-ext", "netns", seg])
-        _run(["ip", "link", "add", "int0", "netns", self.ns("server"), "type", "veth", "peer", "name", "srv-int", "netns", seg])
-        self._batch("seg", ["link set cl-ext master br-ext up", "link set srv-int master br-int up"])
-        # Distinct interface indexes at the two ends: the kernel's linkwatch treats a
-        # veth whose index equals its peer's as a physical port and may hold its
-        # carrier change back for up to a second after fw1's own link events, which
-        # on two real machines would not share one linkwatch.
-        for offset, link in enumerate(("hb0", "hb1")):
-            _run(["ip", "link", "add", link, "index", str(4100 + offset), "netns", self.ns("fw1"), "type", "veth",
-                  "peer", "name", link, "index", str(4200 + offset), "netns", self.ns("fw2")])
+            spaces.veth(fw, "ext0", seg, f"fw{node}-ext", up=False)
+            spaces.veth(fw, "int0", seg, f"fw{node}-int", up=False)
+        spaces.veth(self.ns("client"), "ext0", seg, "cl-ext", up=False)
+        spaces.veth(self.ns("server"), "int0", seg, "srv-int", up=False)
+        spaces.bridge(seg, "br-ext", "fw1-ext", "fw2-ext", "cl-ext")
+        spaces.bridge(seg, "br-int", "fw1-int", "fw2-int", "srv-int")
+        self._build_heartbeat()
         for node, addrs in NODES.items():
             role = f"fw{node}"
             self._batch(role, [
@@ -166,17 +144,64 @@ class Lab:
             f"addr add {SERVER_INT}/24 dev int0", "link set int0 up", f"route add default via {NODES[1].int_}",
         ])
 
+    def _build_heartbeat(self) -> None:
+        """hb0 and hb1: two direct cables between fw1 and fw2.
+
+        Every veth end has a pinned index distinct from its peer's (see Namespaces.veth):
+        otherwise the survivor's carrier loss may arrive up to a second late, which on
+        two real machines, not sharing one linkwatch, it would not."""
+        for offset, link in enumerate(HB_LINKS):
+            self.netns.veth(self.ns("fw1"), link, self.ns("fw2"), link, index_a=HB_INDEX["fw1"] + offset,
+                            index_b=HB_INDEX["fw2"] + offset, up=False)
+
     def mac(self, role: str, ifname: str) -> str:
-        out = _run(["ip", "-n", self.ns(role), "-j", "link", "show", ifname]).stdout
+        out = self.exec(role, ["ip", "-j", "link", "show", ifname]).stdout
         return json.loads(out)[0]["address"]
+
+    def resolve(self, addresses: list[str], timeout: float = 30.0) -> None:
+        """Have the client resolve `addresses` (IPv4 and IPv6, on-link) and keep the entries.
+
+        Each entry is made by `ip neigh add ADDR dev ext0 extern_learn use`: `use` makes
+        the kernel resolve it exactly as a first packet to ADDR would (a real ARP request
+        or neighbour solicitation, filled in by the holder's reply, later updated by
+        GARPs and unsolicited NAs like any other entry); `extern_learn` keeps it out of
+        the neighbour table's garbage collection and out of the count that gc_thresh3
+        caps (neigh_add() creates it exempt_from_gc, and a non-admin update never
+        clears the flag, net/core/neighbour.c).
+
+        That is why the lab needs no raised limits: gc_thresh1-3 exist only in
+        init_net's /proc/sys/net/ipv{4,6}/neigh/default/ (a namespace has no `default`
+        directory on this kernel) and cap the gc-counted entries of every namespace
+        on the host together, 1,024 per family by default. Raising them would change
+        the host for every other user and stay raised after a SIGKILLed run.
+
+        Addresses go RESOLVE_CHUNK at a time, each chunk resolved before the next, so
+        a burst of requests never overflows a receiver's backlog."""
+        client = self.ns("client")
+        for first in range(0, len(addresses), RESOLVE_CHUNK):
+            chunk = addresses[first:first + RESOLVE_CHUNK]
+            batch(client, [f"neigh add {a} dev ext0 extern_learn use" for a in chunk])
+            deadline = time.monotonic() + timeout
+            while pending := self._unresolved(chunk):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{len(pending)} of {len(chunk)} addresses not resolved by the client "
+                                       f"within {timeout} s, e.g. {pending[:3]}")
+                failed = [a for a, state in pending if state == "FAILED"]
+                if failed:  # lost requests: ask again, as the next packet would
+                    batch(client, [f"neigh change {a} dev ext0 extern_learn use" for a in failed])
+                time.sleep(0.02)
+
+    def _unresolved(self, wanted: list[str]) -> list[tuple[str, str]]:
+        entries = json.loads(self.exec("client", ["ip", "-j", "neigh", "show", "dev", "ext0"]).stdout or "[]")
+        state = {ipaddress.ip_address(e["dst"]): (e.get("state") or ["NONE"])[0] for e in entries}
+        found = [(a, state.get(ipaddress.ip_address(a), "NONE")) for a in wanted]
+        return [(a, s) for a, s in found if s not in ("REACHABLE", "STALE", "DELAY", "PROBE")]
 
     # --- processes ------------------------------------------------------------------
 
     def spawn(self, role: str, argv: list[str], **popen) -> subprocess.Popen:
         """Start a process in a namespace, in its own process group so close() can end it whole."""
-        proc = subprocess.Popen(["ip", "netns", "exec", self.ns(role), *argv], start_new_session=True, **popen)
-        self.procs.append(proc)
-        return proc
+        return self.netns.spawn(self.ns(role), argv, **popen)
 
     def start_probe(self, seconds: float, block: str = BLOCK_V4, count: int = 64) -> Probe:
         """1 ms echo requests from the client to `count` addresses spread over `block`."""
@@ -189,7 +214,7 @@ class Lab:
         return Probe(proc, out)
 
     def exec(self, role: str, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
-        return _run(["ip", "netns", "exec", self.ns(role), *argv], check=check)
+        return run_in(self.ns(role), argv, check=check)
 
     def socket_path(self, node: int) -> str:
         return str(self.dir / f"fw{node}.sock")
@@ -311,34 +336,21 @@ prefixes = ["{block}"]
     def kill_node(self, node: int) -> float:
         """Node death: SIGKILL the agent and take its links down at the same instant."""
         proc = self.agents[node]
-        batch = subprocess.Popen(["ip", "-n", self.ns(f"fw{node}"), "-batch", "-"], stdin=subprocess.PIPE, text=True)
+        downs = subprocess.Popen(["ip", "-n", self.ns(f"fw{node}"), "-batch", "-"], stdin=subprocess.PIPE, text=True)
         at = time.time()
         os.killpg(proc.pid, signal.SIGKILL)
-        batch.communicate("link set ext0 down\nlink set hb0 down\nlink set hb1 down\n")
+        downs.communicate("link set ext0 down\nlink set hb0 down\nlink set hb1 down\n")
         proc.wait(timeout=10)
         return at
 
     # --- teardown ---------------------------------------------------------------------
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        self.procs.clear()
-        for name in reversed(self._created):
-            _run(["ip", "netns", "del", name], check=False)
-        self._created.clear()
-        for path, value in self._neigh_restore.items():
-            Path(path).write_text(value)
-        self._neigh_restore.clear()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """End every process the lab started and delete its namespaces and its directory."""
+        try:
+            self.netns.close()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _ms(seconds: float) -> str:

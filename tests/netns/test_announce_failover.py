@@ -11,30 +11,11 @@ import json
 import sys
 import time
 
-import pytest
-
 from agent.lab import BLOCK_V4, BLOCK_V6, Lab
 from agent.labprobe import spread
 
 RESOLVED_V4 = 4096
 RESOLVED_V6 = 4096
-
-RESOLVE = """
-import socket, sys
-v4, v6 = sys.argv[1].split(","), sys.argv[2].split(",")
-s4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-for a in v4:
-    s4.sendto(b"x", (a, 9))
-for a in v6:
-    s6.sendto(b"x", (a, 9))
-"""
-
-
-@pytest.fixture
-def lab():
-    with Lab() as built:
-        yield built
 
 
 def neighbours(lab: Lab) -> dict[str, str | None]:
@@ -67,7 +48,8 @@ def test_neighbour_caches_follow_the_block_to_the_new_master(lab):
 
     v4 = spread(BLOCK_V4, RESOLVED_V4)
     v6 = spread(BLOCK_V6, RESOLVED_V6)
-    lab.exec("client", [sys.executable, "-c", RESOLVE, ",".join(v4), ",".join(v6)])
+    # Real ARP / ND from the client, entries kept out of the host-wide gc limit (see Lab.resolve).
+    lab.resolve(v4 + v6)
     wait_resolved(lab, v4 + v6, fw1_mac)
 
     lab.kill_node(1)
