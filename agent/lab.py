@@ -2,7 +2,13 @@
 
     client --- [ext bridge] --- fw1 --- [int bridge] --- server
                            \\--- fw2 ---/
-               fw1 ==hb0== fw2,  fw1 ==hb1== fw2   (two direct heartbeat links)
+    heartbeat="direct":    fw1 ==hb0== fw2,  fw1 ==hb1== fw2   (two direct cables)
+    heartbeat="switched":  fw1 --hb0-- [hb0 bridge] --hb0-- fw2, and the same for hb1
+
+Over direct cables a dead peer takes the survivor's carrier with it, so carrier
+loss tells at once; through a switch the survivor's link stays up and only the
+dead interval tells. The nodes' interface names (hb0, hb1) are the same in both,
+so one configuration serves both.
 
 The block 198.18.0.0/16 (and 2001:db8:1::/116) is on-link for the client, so the
 client ARPs for every address, as upstream routers do for a CLUSTERIP block: a
@@ -45,9 +51,11 @@ CLIENT_EXT = "203.0.113.10"
 SERVER_INT = "198.51.100.10"
 KEY_HEX = "7d1b9f0e3c5a48f2a6b0c1d2e3f40516"
 ROLES = ("seg", "client", "fw1", "fw2", "server")
+HEARTBEATS = ("direct", "switched")
 HB_LINKS = ("hb0", "hb1")
-# Pinned interface indexes of the heartbeat links, distinct at the two ends (see Namespaces.veth).
-HB_INDEX = {"fw1": 4100, "fw2": 4200}
+# Pinned interface indexes of the heartbeat links: fw1's, fw2's and (switched) their switch ports'.
+# Distinct at the two ends of every veth, see Namespaces.veth.
+HB_INDEX = {"fw1": 4100, "fw2": 4200, "fw1-port": 4300, "fw2-port": 4400}
 RESOLVE_CHUNK = 256
 
 
@@ -81,10 +89,17 @@ class Probe:
 
 
 class Lab:
-    """Build with `with Lab() as lab:`; every name is unique to this lab."""
+    """Build with `with Lab() as lab:`; every name is unique to this lab.
 
-    def __init__(self, prefix: str | None = None) -> None:
+    `heartbeat` is the topology of the two heartbeat links: "direct" (two veth
+    cables between fw1 and fw2) or "switched" (each through a bridge of its own).
+    """
+
+    def __init__(self, prefix: str | None = None, heartbeat: str = "direct") -> None:
+        if heartbeat not in HEARTBEATS:
+            raise ValueError(f"heartbeat must be one of {HEARTBEATS}, not {heartbeat!r}")
         self.prefix = prefix or f"dpl{secrets.token_hex(3)}"
+        self.heartbeat = heartbeat
         self.netns = Namespaces(self.prefix)
         self.dir = Path(tempfile.mkdtemp(prefix=f"dpagent-{self.prefix}-"))
         self.agents: dict[int, subprocess.Popen] = {}
@@ -146,14 +161,26 @@ class Lab:
         ])
 
     def _build_heartbeat(self) -> None:
-        """hb0 and hb1: two direct cables between fw1 and fw2.
+        """hb0 and hb1 on both nodes: direct cables, or each link through a switch of its own.
 
         Every veth end has a pinned index distinct from its peer's (see Namespaces.veth):
-        otherwise the survivor's carrier loss may arrive up to a second late, which on
-        two real machines, not sharing one linkwatch, it would not."""
+        otherwise the survivor's carrier loss over a direct cable may arrive up to a
+        second late, which on two real machines, not sharing one linkwatch, it would not.
+        The switches flood multicast (no IGMP/MLD snooping), so the heartbeat's delivery
+        does not hang on the agents' membership reports and a segment without a querier."""
+        fw1, fw2, seg = self.ns("fw1"), self.ns("fw2"), self.ns("seg")
         for offset, link in enumerate(HB_LINKS):
-            self.netns.veth(self.ns("fw1"), link, self.ns("fw2"), link, index_a=HB_INDEX["fw1"] + offset,
-                            index_b=HB_INDEX["fw2"] + offset, up=False)
+            if self.heartbeat == "direct":
+                self.netns.veth(fw1, link, fw2, link, index_a=HB_INDEX["fw1"] + offset,
+                                index_b=HB_INDEX["fw2"] + offset, up=False)
+                continue
+            ports = []
+            for node in ("fw1", "fw2"):
+                port = f"{node}-{link}"
+                self.netns.veth(self.ns(node), link, seg, port, index_a=HB_INDEX[node] + offset,
+                                index_b=HB_INDEX[f"{node}-port"] + offset, up=False)
+                ports.append(port)
+            self.netns.bridge(seg, f"br-{link}", *ports, options=("mcast_snooping", "0"))
 
     def mac(self, role: str, ifname: str) -> str:
         out = self.exec(role, ["ip", "-j", "link", "show", ifname]).stdout
@@ -360,7 +387,7 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:8.1f} ms"
 
 
-def demo(probe_count: int = PROBE_TARGETS) -> int:
+def demo(probe_count: int = PROBE_TARGETS, heartbeat: str = "direct") -> int:
     """`make run`: two agents hold 198.18.0.0/16, the master dies, the timeline is printed."""
     from agent.cli import render_status
     from agent.labprobe import address_outages, outage_stats
@@ -369,8 +396,9 @@ def demo(probe_count: int = PROBE_TARGETS) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    with Lab() as lab:
-        print(f"lab {lab.prefix}: client, fw1, fw2, server; block {BLOCK_V4} on-link for the client")
+    with Lab(heartbeat=heartbeat) as lab:
+        print(f"lab {lab.prefix}: client, fw1, fw2, server; block {BLOCK_V4} on-link for the client; "
+              f"heartbeat links {heartbeat}")
         lab.start_agent(1)
         lab.wait_state(1, "MASTER")
         lab.start_agent(2)
@@ -419,9 +447,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agent.lab", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["demo"])
     parser.add_argument("--probe-count", type=int, default=PROBE_TARGETS)
+    parser.add_argument("--heartbeat", choices=HEARTBEATS, default="direct")
     args = parser.parse_args(argv)
     try:
-        return demo(args.probe_count)
+        return demo(args.probe_count, args.heartbeat)
     except KeyboardInterrupt:
         print("interrupted; lab removed", file=sys.stderr)
         return 130
