@@ -13,6 +13,7 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from agent.config.files import classic_lines, read_text
+from agent.config.keys import looks_secret
 from agent.config.messages import ConfigError, reason
 from agent.config.model import AnnounceConfig, Block
 from agent.config.parse import Table, parse_address, parse_prefix
@@ -90,16 +91,28 @@ def _add_loose(draft: _Draft, key: str, text: str, errors: list[ConfigError]) ->
 def _add_file(draft: _Draft, key: str, text: str, path: Path, errors: list[ConfigError]) -> None:
     """Load a classic `<dev>.addr.external` file; each bad line is its own error."""
     try:
-        _, content = read_text(path)
+        mode, content = read_text(path)
     except (OSError, ValueError) as e:
         errors.append(ConfigError(key, text, f"cannot read: {reason(e)}"))
         return
+    bad = []
     for number, line in classic_lines(content):
         parsed = parse_address(line, multicast=False)
         if isinstance(parsed, str):
-            errors.append(ConfigError(key, text, f"{path}:{number}: {line!r}: {parsed}"))
+            bad.append((number, line, parsed))
         else:
             draft.loose.setdefault(parsed, (key, f"{path}:{number}"))
+    # A file others may not read, or one with a secret in it (the key file named
+    # by mistake, say), must not leak through the errors: show where, never what.
+    private = not mode & 0o004 or any(looks_secret(line) for _, line, _ in bad)
+    for number, line, problem in bad:
+        shown = "" if private else f" {_cut(line)}:"
+        errors.append(ConfigError(key, text, f"{path}:{number}:{shown} {problem}"))
+
+
+def _cut(line: str) -> str:
+    """A bad line as Python shows it, cut short: one line of a huge file must not flood the log."""
+    return repr(line) if len(line) <= 80 else repr(line[:77]) + "..."
 
 
 def _fold_own_prefixes(draft: _Draft) -> None:

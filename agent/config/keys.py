@@ -6,6 +6,7 @@ file that others could read or change is refused.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from agent.config.files import classic_lines, read_text
@@ -13,6 +14,10 @@ from agent.config.messages import ConfigError, ConfigInvalid, reason
 from agent.config.schema import KEY_ID, MAX_KEYS, MIN_SECRET_BYTES
 
 Keys = tuple[tuple[int, bytes], ...]
+
+# Half the shortest secret in hex is already too much to show; no IP address has
+# more than four hex digits in a row.
+_SECRET_LIKE = re.compile(rf"[0-9A-Fa-f]{{{MIN_SECRET_BYTES},}}")
 
 
 def load_keys(path: str | Path) -> Keys:
@@ -73,3 +78,8 @@ def _key_line(line: str, keys: list[tuple[int, bytes]]) -> str:
         return f"secret must be at least {MIN_SECRET_BYTES * 2} hex digits ({MIN_SECRET_BYTES} bytes)"
     keys.append((key_id, secret))
     return ""
+
+
+def looks_secret(line: str) -> bool:
+    """Whether a line may be (part of) a key line, so that no error may show it."""
+    return _SECRET_LIKE.search(line) is not None

@@ -154,7 +154,8 @@ _BLOCK = (
     Key("address_files", STRINGS, None, None,
         "Classic address files as ucarp up-scripts used them (`eth1.addr.external`): one "
         "address per line, `#` comments (also after an address), blank lines, surrounding "
-        "spaces and CRLF line ends are all fine."),
+        "spaces and CRLF line ends are all fine. An error shows the text of a bad line "
+        "only when the file is readable by all and holds nothing that looks like a key."),
     Key("announce", TABLE, None, None,
         "How a takeover is announced: gratuitous ARP for IPv4, unsolicited neighbour "
         "advertisements for IPv6, for every address of the block."),

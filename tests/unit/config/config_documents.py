@@ -47,7 +47,7 @@ def toml_document(document: dict) -> str:
     return "".join(f"{toml_string(k)} = {toml_value(v)}\n" for k, v in document.items())
 
 
-# --- fixtures ----------------------------------------------------------------------------
+# --- documents ---------------------------------------------------------------------------
 
 
 def minimal() -> dict:
@@ -57,8 +57,6 @@ def minimal() -> dict:
         "heartbeat": [{"interface": "eth0", "group": "224.0.0.18"}],
         "block": [{"name": "ext", "interface": "eth1", "addresses": ["192.0.2.10"]}],
     }
-
-
 
 
 def write(workdir: Path, document: dict) -> Path:

@@ -1,12 +1,13 @@
-"""agent.config.blocks: address files, folding within a block, overlaps between blocks."""
+"""agent.config.blocks: address files, folding within a block, overlaps between blocks, the caps,
+and that no error shows a line of a file that may hold a secret."""
 
 from __future__ import annotations
 
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 
-from agent.config import load_config
-from config_documents import error_lines, minimal, one_error, write
+from agent.config import blocks, load_config
+from config_documents import SECRET, error_lines, minimal, one_error, write
 
 
 def test_classic_address_file_loads_unchanged(workdir: Path) -> None:
@@ -75,3 +76,40 @@ def test_loose_address_inside_later_block_prefix(workdir: Path) -> None:
     assert one_error(workdir, document) == (
         'DIR/dpagent.toml: block[0].addresses[0] = "192.0.2.10": inside 192.0.2.0/24 of block "big" (block[1].prefixes[0])')
 
+
+
+# --- what an error may show of an address file -------------------------------------------
+
+
+def file_errors(workdir: Path, name: str, content: str, mode: int) -> list[str]:
+    """The errors of a config whose only block reads the address file `name`, DIR for the directory."""
+    path = workdir / name
+    path.write_text(content)
+    path.chmod(mode)
+    document = minimal()
+    document["block"][0] = {"name": "ext", "interface": "eth1", "address_files": [name]}
+    return [line.replace(str(workdir), "DIR") for line in error_lines(workdir, document)]
+
+
+def test_the_key_file_named_as_an_address_file_is_never_shown(workdir: Path) -> None:
+    assert file_errors(workdir, "key", f"1 {SECRET}\n", 0o600) == [
+        'DIR/dpagent.toml: block[0].address_files[0] = "key": DIR/key:1: not an IP address']
+
+
+def test_lines_of_a_file_others_cannot_read_are_never_shown(workdir: Path) -> None:
+    assert file_errors(workdir, "ext.addr", "192.0.2.20\nnot-an-ip\n", 0o640) == [
+        'DIR/dpagent.toml: block[0].address_files[0] = "ext.addr": DIR/ext.addr:2: not an IP address']
+
+
+def test_no_line_of_a_file_with_a_key_line_is_shown(workdir: Path) -> None:
+    """Readable by all, but it holds what looks like a secret: show no line of it."""
+    assert file_errors(workdir, "ext.addr", f"not-an-ip\n192.0.2.20\n7 {SECRET.upper()}\n", 0o644) == [
+        'DIR/dpagent.toml: block[0].address_files[0] = "ext.addr": DIR/ext.addr:1: not an IP address',
+        'DIR/dpagent.toml: block[0].address_files[0] = "ext.addr": DIR/ext.addr:3: not an IP address',
+    ]
+
+
+def test_a_long_bad_line_is_cut_short(workdir: Path) -> None:
+    line = "x" * 10_000
+    assert file_errors(workdir, "ext.addr", line + "\n", 0o644) == [
+        f'DIR/dpagent.toml: block[0].address_files[0] = "ext.addr": DIR/ext.addr:1: {line[:77]!r}...: not an IP address']
