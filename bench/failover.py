@@ -1,16 +1,22 @@
-"""Benchmark: failover outage of dpagent against keepalived (VRRPv3) in the same
-lab, in the same run, for node death and for graceful failover, with blocks of
-256 and 65,536 addresses.
+"""Benchmark: failover outage per address, dpagent against keepalived (VRRPv3), in the
+same lab and the same run: node death and graceful failover, blocks of 256 and
+65,536 addresses, heartbeat links as direct cables and through a switch.
 
-A 1 ms ICMP probe from the client to 64 addresses spread over the block records
-every reply with the MAC that sent it. The outage of a run is the gap between
-the last reply of the old master and the first reply of the new one (labprobe's
-`outage`); `failover_worst_gap_ms` is the longest silence of the reply stream
-after the failure, and `failover_all_back_ms` the time until every probed address
-answered again from the new master: with a block of thousands of addresses the
-announcement reaches the probed addresses one after another, so these two show
-what the first figure cannot. Every run builds a fresh lab (no neighbour entries
-or addresses left over from the previous run).
+The client probes PROBE_TARGETS addresses across the block (its first and last
+usable address among them), each every 1 ms on its own (agent.labprobe), and
+records every reply with the MAC that sent it and the kernel's receive time.
+An address's outage is its longest silence from its last reply before the
+failure to its first reply from the new holder (labprobe.address_outages): with
+a big block the announcement reaches the addresses one after another, so the
+addresses differ, and a run reports the first (soonest back), the median and
+the worst address; the figures are medians over the runs. The worst address is
+the headline: a user holding the whole block lives with it.
+
+Two heartbeat topologies (agent.lab.Lab): "direct", two veth cables, where a
+dead node takes the survivor's carrier with it and carrier loss tells at once;
+and "switched", each link through a bridge, where the survivor's link stays up
+and only the dead interval tells. Every run builds a fresh lab (no neighbour
+entries or addresses left over from the previous run).
 
 keepalived holds the same addresses the classic way, one /32 per address in
 `virtual_ipaddress` on ext0, VRRP on the heartbeat link hb0. Node death is
@@ -40,18 +46,20 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.g
 
 from _report import RESULTS, Figures, write_result  # noqa: E402
 
-from agent.lab import Lab  # noqa: E402
-from agent.labprobe import outage  # noqa: E402
+from agent.lab import HEARTBEATS, Lab  # noqa: E402
+from agent.labprobe import PROBE_TARGETS, address_outages, outage_stats  # noqa: E402
 
 BLOCKS = {256: "198.18.0.0/24", 65536: "198.18.0.0/16"}
 CASES = ("kill", "graceful")
-PROBE_TARGETS = 64
+SYSTEMS = ("dpagent", "keepalived-fast", "keepalived-default")
+STATS = ("first", "median", "worst")
 WARMUP_S = 1.0          # probe runs this long before the failure, so every target's neighbour entry is resolved
 SETTLE_S = 1.0          # probe keeps running after recovery was seen, to catch a second answering node
 DPAGENT_INTERVAL = 0.05  # the lab's default: detection 3 x 50 ms
 KEEPALIVED_DEFAULT_INTERVAL = 1.0
 KEEPALIVED_FAST_CANDIDATES = (0.05, 0.1)
 VRID = 77
+ANNOUNCE_BLOCK = "ext"  # the block's name in the lab's configuration: its step is announce:ext
 
 
 # --- the two systems -----------------------------------------------------------------------
@@ -63,7 +71,7 @@ class Dpagent:
     def __init__(self, block: str) -> None:
         self.block = block
         self.settings = {"advert_interval": DPAGENT_INTERVAL, "dead_multiplier": 3,
-                         "heartbeat": "hb0+hb1 multicast", "preempt": False}
+                         "heartbeat": "hb0+hb1, IPv4 multicast", "preempt": False}
 
     def start(self, lab: Lab, timeout: float) -> None:
         lab.start_agent(1, lab.write_config(1, block=self.block, advert_interval=DPAGENT_INTERVAL))
@@ -86,13 +94,21 @@ class Dpagent:
         return True
 
     @staticmethod
-    def worst_advert_gap_ms(lab: Lab) -> float | None:
-        """The new master's worst gap between two heartbeat frames sent since it took over:
-        takeover work (routes, a /16 of announcements) must not delay the adverts."""
+    def takeover(lab: Lab, fail_at: float) -> dict:
+        """Where the new master's time went: detection (the failure to its MASTER transition),
+        its steps, and its worst gap between two heartbeat frames sent since it took over
+        (takeover work, routes and a /16 of announcements, must not delay the adverts)."""
         status = lab.status(2)
         if not status:
-            return None
-        return status["transitions"][-1]["max_advert_gap_s"] * 1000
+            return {}
+        took = status["transitions"][-1]
+        return {
+            "reason": took["reason"],
+            "detect_ms": (took["at"] - fail_at) * 1000,
+            "steps_ms": {s["name"]: {"start": (s["started"] - fail_at) * 1000, "took": s["seconds"] * 1000}
+                         for s in took["steps"]},
+            "worst_advert_gap_ms": took["max_advert_gap_s"] * 1000,
+        }
 
 
 class Keepalived:
@@ -113,9 +129,9 @@ class Keepalived:
                 "virtual_ipaddress": "one /32 per block address, dev ext0",
                 "state/priority": "fw1 MASTER 150, fw2 BACKUP 100 (dpagent's priorities)",
                 "advert_int": f"{interval}",
-                "dont_track_primary": "set: the lab's hb0 is a direct veth, so node death takes the survivor's "
+                "dont_track_primary": "set: over the direct-cable topology node death takes the survivor's "
                                       "hb0 carrier down too and keepalived would go FAULT instead of taking "
-                                      "over (over a switch the survivor's link stays up)",
+                                      "over (over the switched one the survivor's link stays up)",
                 "command line": "-n -l -G -P and private pid files (foreground, console log, no syslog, VRRP only)",
             },
         }
@@ -211,53 +227,45 @@ def keepalived_version() -> str:
 
 @dataclass
 class Run:
-    outage_ms: float | None = None
-    worst_gap_ms: float | None = None
-    all_back_ms: float | None = None
+    outage_ms: dict[str, float] = field(default_factory=dict)  # stat -> ms, over the probed addresses
+    lower_bound: dict[str, bool] = field(default_factory=dict)  # stat -> only a lower bound
+    addresses: list[dict] = field(default_factory=list)
     dual_answer: bool = False
     timed_out: bool = False
-    lost: int = 0
     unanswered_targets: int = 0
+    probe_max_send_gap_ms: float = 0.0
     error: str | None = None
     steps: dict = field(default_factory=dict)
 
 
-def analyse(result: dict, fail_at: float, old_mac: str, new_mac: str, timed_out: bool, ended_at: float) -> Run:
-    run = Run(timed_out=timed_out)
-    new_replies = [(t, seq) for seq, t, mac in result["replies"] if t > fail_at and mac == new_mac]
-    if not new_replies:
-        before = [t for _, t, _ in result["replies"] if t <= fail_at]
-        run.outage_ms = (ended_at - (before[-1] if before else fail_at)) * 1000
-        run.timed_out = True
-        run.unanswered_targets = len(result["targets"])
-        return run
-    gap = outage(result, fail_at, new_mac)
-    run.outage_ms = gap.seconds * 1000
-    run.worst_gap_ms = gap.worst_gap * 1000
-    run.lost = gap.lost
-    first_new = min(t for t, _ in new_replies)
-    # Two nodes answering: the old master still replies after the new one has started to.
-    run.dual_answer = any(mac == old_mac and t > first_new for _, t, mac in result["replies"])
-    index_of = {seq: index for seq, _, index in result["sent"]}
-    first_by_target: dict[int, float] = {}
-    for t, seq in sorted(new_replies):
-        first_by_target.setdefault(index_of[seq], t)
-    run.unanswered_targets = len(result["targets"]) - len(first_by_target)
-    if run.unanswered_targets:
-        run.all_back_ms = (ended_at - fail_at) * 1000
-        run.timed_out = True
-    else:
-        run.all_back_ms = (max(first_by_target.values()) - fail_at) * 1000
+def analyse(result: dict, fail_at: float, new_mac: str, timed_out: bool, ended_at: float) -> Run:
+    outages = address_outages(result, fail_at, new_mac, ended_at)
+    stats = outage_stats(outages)
+    missing = sum(not o.back for o in outages)
+    run = Run(timed_out=timed_out or missing > 0, unanswered_targets=missing)
+    run.outage_ms = {stat: value * 1000 for stat, value in stats.items()}
+    # An address never back counts with the time until the end: a stat is a lower bound as soon as
+    # it may be such an address (worst: any; median: half of them; first: all).
+    run.lower_bound = {"first": missing == len(outages), "median": missing * 2 >= len(outages), "worst": missing > 0}
+    # Two nodes answering: another MAC answers an address after the new holder has.
+    run.dual_answer = any(o.old_after_new for o in outages)
+    run.probe_max_send_gap_ms = max(o.max_send_gap for o in outages) * 1000
+    run.addresses = [{"target": o.target, "outage_ms": round(o.seconds * 1000, 3), "back": o.back,
+                      "back_ms": round((o.first_after - fail_at) * 1000, 3) if o.back else None,
+                      "old_after_new": o.old_after_new, "max_send_gap_ms": round(o.max_send_gap * 1000, 3)}
+                     for o in outages]
     return run
 
 
-def one_run(system: Dpagent | Keepalived, block: str, case: str, timeout: float, setup_timeout: float) -> Run:
-    with Lab() as lab:
+def one_run(system: Dpagent | Keepalived, block: str, heartbeat: str, case: str, timeout: float,
+            setup_timeout: float, probe_targets: int, realtime: bool) -> Run:
+    with Lab(heartbeat=heartbeat) as lab:
         t0 = time.monotonic()
         system.start(lab, setup_timeout)
-        steps = {"setup_s": time.monotonic() - t0}
-        old_mac, new_mac = lab.mac("fw1", "ext0"), lab.mac("fw2", "ext0")
-        probe = lab.start_probe(WARMUP_S + timeout + SETTLE_S + 5, block=block, count=PROBE_TARGETS)
+        steps: dict = {"setup_s": time.monotonic() - t0}
+        new_mac = lab.mac("fw2", "ext0")
+        probe = lab.start_probe(WARMUP_S + timeout + SETTLE_S + 5, block=block, count=probe_targets,
+                                realtime=realtime)
         time.sleep(WARMUP_S)
         fail_at = system.fail(lab, case)
         recovered = system.wait_recovered(lab, timeout)
@@ -265,10 +273,10 @@ def one_run(system: Dpagent | Keepalived, block: str, case: str, timeout: float,
         if recovered:
             time.sleep(SETTLE_S)
             if isinstance(system, Dpagent):
-                steps["worst_advert_gap_ms"] = system.worst_advert_gap_ms(lab)
+                steps.update(system.takeover(lab, fail_at))
         ended_at = time.time()
         result = probe.finish(stop=True)
-        run = analyse(result, fail_at, old_mac, new_mac, not recovered, ended_at)
+        run = analyse(result, fail_at, new_mac, not recovered, ended_at)
         run.steps = steps
         return run
 
@@ -295,13 +303,13 @@ def fast_interval_that_works(quiet_s: float = 3.0) -> tuple[float, dict]:
     return KEEPALIVED_FAST_CANDIDATES[-1], tried
 
 
-def median_of(runs: list[Run], attr: str) -> tuple[float | None, bool]:
-    """The median and whether it is only a lower bound (a timed-out run at or below the median)."""
-    values = sorted((getattr(r, attr), r.timed_out) for r in runs if getattr(r, attr) is not None)
+def median_of(values: list[tuple[float, bool]]) -> tuple[float | None, bool]:
+    """The median of (value, lower bound) pairs and whether it is only a lower bound
+    (a lower-bound value at or below the median)."""
     if not values:
         return None, False
     median = statistics.median(v for v, _ in values)
-    return median, any(timed_out and v <= median for v, timed_out in values) or all(t for _, t in values)
+    return median, any(lower and v <= median for v, lower in values)
 
 
 def main() -> int:
@@ -311,6 +319,13 @@ def main() -> int:
     parser.add_argument("--keepalived-big-repeats", type=int, default=1,
                         help="repeats of keepalived with the 65,536-address block (each may take minutes)")
     parser.add_argument("--blocks", type=int, nargs="+", default=sorted(BLOCKS), choices=sorted(BLOCKS))
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    parser.add_argument("--heartbeats", nargs="+", default=list(HEARTBEATS), choices=HEARTBEATS)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    parser.add_argument("--probe-targets", type=int, default=PROBE_TARGETS,
+                        help="addresses probed across the block, each every 1 ms (at least 8)")
+    parser.add_argument("--no-realtime-probe", dest="realtime", action="store_false",
+                        help="run the probe without SCHED_FIFO")
     parser.add_argument("--timeout", type=float, default=120.0, help="per-run bound on the recovery, s")
     parser.add_argument("--setup-timeout", type=float, default=90.0,
                         help="bound on a master configuring the block at start-up, s")
@@ -318,10 +333,14 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.keepalived_big_repeats, args.blocks = 1, 1, [256]
+    if args.probe_targets < 8:
+        parser.error("--probe-targets must be at least 8")
 
-    fast, fast_tried = fast_interval_that_works()
-    print(f"# keepalived-fast: advert_int {fast} (tried {json.dumps(fast_tried)})", flush=True)
-    systems = {
+    fast, fast_tried = (None, {})
+    if "keepalived-fast" in args.systems:
+        fast, fast_tried = fast_interval_that_works()
+        print(f"# keepalived-fast: advert_int {fast} (tried {json.dumps(fast_tried)})", flush=True)
+    makers = {
         "dpagent": lambda block: Dpagent(block),
         "keepalived-fast": lambda block: Keepalived("keepalived-fast", block, fast),
         "keepalived-default": lambda block: Keepalived("keepalived-default", block, KEEPALIVED_DEFAULT_INTERVAL),
@@ -331,31 +350,38 @@ def main() -> int:
     settings_by_system: dict = {}
     for size in args.blocks:
         block = BLOCKS[size]
-        for name, make in systems.items():
-            system = make(block)
+        for name in args.systems:
+            system = makers[name](block)
             settings_by_system[name] = system.settings
             repeats = args.keepalived_big_repeats if (size > 256 and name != "dpagent") else args.repeats
-            for case in CASES:
-                key = f"{name}/{size}/{case}"
-                raw[key] = []
-                for _ in range(repeats):
-                    started = time.monotonic()
-                    try:
-                        run = one_run(system, block, case, args.timeout, args.setup_timeout)
-                    except SetupTimeout as exc:
-                        run = Run(error=f"set-up: {exc}")
-                    run.steps["wall_s"] = time.monotonic() - started
-                    raw[key].append(run.__dict__)
-                    print(f"# {key}: {summary(run)}", flush=True)
-                    if run.error and run.error.startswith("set-up") and size > 256:
-                        # The master could not even configure the block: the backup has the same work to do
-                        # at failover, so further attempts (and the other case) would only repeat the set-up.
-                        break
-                if raw[key] and all(r["error"] for r in raw[key]) and size > 256 and name != "dpagent":
-                    notes.append(f"{name} at {size} addresses: {raw[key][0]['error']}")
-                    for other in CASES:
-                        raw.setdefault(f"{name}/{size}/{other}", raw[key])
-                    break
+            setup_failed: list[dict] | None = None
+            for heartbeat in args.heartbeats:
+                for case in args.cases:
+                    key = f"{name}/{heartbeat}/{size}/{case}"
+                    if setup_failed is not None:
+                        # The set-up is the master alone configuring the block, before any heartbeat or
+                        # failure: it cannot go otherwise for another case or topology.
+                        raw[key] = setup_failed
+                        continue
+                    raw[key] = []
+                    for _ in range(repeats):
+                        started = time.monotonic()
+                        try:
+                            run = one_run(system, block, heartbeat, case, args.timeout, args.setup_timeout,
+                                          args.probe_targets, args.realtime)
+                        except SetupTimeout as exc:
+                            run = Run(error=f"set-up: {exc}")
+                        run.steps["wall_s"] = time.monotonic() - started
+                        raw[key].append(run.__dict__)
+                        print(f"# {key}: {summary(run)}", flush=True)
+                        if run.error and run.error.startswith("set-up") and size > 256:
+                            # The master could not even configure the block: the backup has the same work to
+                            # do at failover, so further attempts would only repeat the set-up.
+                            break
+                    if size > 256 and name != "dpagent" and raw[key] and all(r["error"] for r in raw[key]):
+                        notes.append(f"{name} at {size} addresses: {raw[key][0]['error']} (set-up measured once, "
+                                     f"{heartbeat} topology, {case}; it is the same for every case and topology)")
+                        setup_failed = raw[key]
 
     figures = Figures()
     for note in notes:
@@ -365,11 +391,19 @@ def main() -> int:
         "repeats": args.repeats,
         "keepalived_big_repeats": args.keepalived_big_repeats,
         "blocks": {size: BLOCKS[size] for size in args.blocks},
-        "probe": {"interval_ms": 1, "targets": PROBE_TARGETS, "warmup_s": WARMUP_S, "settle_s": SETTLE_S},
+        "systems": args.systems,
+        "heartbeats": args.heartbeats,
+        "cases": args.cases,
+        "probe": {"interval_ms_per_address": 1, "targets": args.probe_targets,
+                  "targets_include": "first and last usable address, the rest evenly between",
+                  "timestamps": "kernel receive time (SO_TIMESTAMPNS)", "realtime": args.realtime,
+                  "warmup_s": WARMUP_S, "settle_s": SETTLE_S},
+        "outage": "per address: longest silence from its last reply before the failure to its first reply "
+                  "from the new holder; stat first/median/worst over the addresses, then the median over runs",
         "timeout_s": args.timeout,
         "setup_timeout_s": args.setup_timeout,
         "keepalived_fast_tried": fast_tried,
-        "systems": settings_by_system,
+        "system_settings": settings_by_system,
         "quick": args.quick,
     }
     write_result(args.output, "failover", settings, figures, raw, notes=notes)
@@ -379,49 +413,57 @@ def main() -> int:
 def summary(run: Run) -> str:
     if run.error:
         return f"error {run.error}"
-    bound = " (timed out, lower bound)" if run.timed_out else ""
-    return (f"outage {run.outage_ms:.0f} ms, all back {run.all_back_ms or 0:.0f} ms{bound}, "
-            f"dual answer {run.dual_answer}, lost {run.lost}, steps {json.dumps(run.steps)}")
+    bound = f" (timed out: {run.unanswered_targets} addresses never back, lower bounds)" if run.timed_out else ""
+    stats = ", ".join(f"{stat} {run.outage_ms[stat]:.1f}" for stat in STATS)
+    where = ""
+    if "detect_ms" in run.steps:
+        steps = ", ".join(f"{name} at {s['start']:.1f} took {s['took']:.1f}" for name, s in run.steps["steps_ms"].items())
+        where = f"; detected at {run.steps['detect_ms']:.1f} ms ({run.steps['reason']}); {steps}"
+    return (f"outage ms {stats}{bound}; dual answer {run.dual_answer}; probe max send gap "
+            f"{run.probe_max_send_gap_ms:.1f} ms{where}; set-up {run.steps.get('setup_s', 0):.1f} s")
 
 
 def report(figures: Figures, raw: dict, args: argparse.Namespace) -> None:
     for size in args.blocks:
-        for case in CASES:
-            medians: dict[str, dict[str, tuple[float, bool]]] = {}
-            for name in ("dpagent", "keepalived-fast", "keepalived-default"):
-                runs = [Run(**r) for r in raw.get(f"{name}/{size}/{case}", [])]
-                measured = [r for r in runs if not r.error]
-                labels = {"system": name, "block": size}
-                medians[name] = {}
-                if not measured:
-                    # Only the whole-block figure has a bound then: the first probed address may come back
-                    # early (it is among the first the backup adds), the last one cannot.
-                    bound = setup_bound_ms(runs, args)
-                    if bound:
-                        figures.add("failover_all_back_ms", {**labels, "case": case}, bound, "ms", lower_bound=True)
-                        medians[name]["all_back"] = (bound, True)
-                    continue
-                value, lower = median_of(measured, "outage_ms")
-                medians[name]["outage"] = (value, lower)
-                figures.add(f"failover_{case}_ms", labels, value, "ms", lower_bound=lower)
-                worst, worst_lower = median_of(measured, "worst_gap_ms")
-                if worst is not None:
-                    figures.add("failover_worst_gap_ms", {**labels, "case": case}, worst, "ms", lower_bound=worst_lower)
-                back, back_lower = median_of(measured, "all_back_ms")
-                if back is not None:
-                    medians[name]["all_back"] = (back, back_lower)
-                    figures.add("failover_all_back_ms", {**labels, "case": case}, back, "ms", lower_bound=back_lower)
-                figures.add("failover_dual_answer_runs", {**labels, "case": case},
-                            sum(r.dual_answer for r in measured), f"runs of {len(measured)}")
-                gaps = [r.steps["worst_advert_gap_ms"] for r in measured if r.steps.get("worst_advert_gap_ms")]
-                if gaps:
-                    figures.add("failover_advert_gap_max_ms", {**labels, "case": case}, max(gaps), "ms")
-            for metric in ("outage", "all_back"):
-                ours = medians["dpagent"].get(metric)
+        for heartbeat in args.heartbeats:
+            for case in args.cases:
+                worst: dict[str, tuple[float | None, bool]] = {}
+                for name in args.systems:
+                    runs = [Run(**r) for r in raw.get(f"{name}/{heartbeat}/{size}/{case}", [])]
+                    measured = [r for r in runs if not r.error]
+                    labels = {"system": name, "case": case, "block": size, "heartbeat": heartbeat}
+                    if not measured:
+                        # Only the worst address has a bound then: the first probed address may come back early
+                        # (it is among the first the backup adds), the last one cannot.
+                        bound = setup_bound_ms(runs, args)
+                        if bound:
+                            figures.add("failover_outage_ms", {**labels, "stat": "worst"}, bound, "ms",
+                                        lower_bound=True)
+                            worst[name] = (bound, True)
+                        continue
+                    for stat in STATS:
+                        value, lower = median_of([(r.outage_ms[stat], r.lower_bound[stat]) for r in measured])
+                        figures.add("failover_outage_ms", {**labels, "stat": stat}, value, "ms", lower_bound=lower)
+                        if stat == "worst":
+                            worst[name] = (value, lower)
+                    figures.add("failover_dual_answer_runs", labels, sum(r.dual_answer for r in measured),
+                                f"runs of {len(measured)}")
+                    detect = [r.steps["detect_ms"] for r in measured if "detect_ms" in r.steps]
+                    if detect:
+                        figures.add("failover_detect_ms", labels, statistics.median(detect), "ms")
+                    announce = [r.steps["steps_ms"][f"announce:{ANNOUNCE_BLOCK}"]["took"] for r in measured
+                                if f"announce:{ANNOUNCE_BLOCK}" in r.steps.get("steps_ms", {})]
+                    if announce:
+                        figures.add("failover_announce_ms", labels, statistics.median(announce), "ms")
+                    gaps = [r.steps["worst_advert_gap_ms"] for r in measured if r.steps.get("worst_advert_gap_ms")]
+                    if gaps:
+                        figures.add("failover_advert_gap_max_ms", labels, max(gaps), "ms")
+                ours = worst.get("dpagent")
                 for name in ("keepalived-fast", "keepalived-default"):
-                    theirs = medians[name].get(metric)
+                    theirs = worst.get(name)
                     if ours and theirs and ours[0] and not ours[1]:
-                        figures.add("failover_ratio", {"case": case, "block": size, "vs": name, "metric": metric},
+                        figures.add("failover_ratio", {"case": case, "block": size, "heartbeat": heartbeat,
+                                                       "vs": name, "stat": "worst"},
                                     theirs[0] / ours[0], "x", lower_bound=theirs[1])
 
 

@@ -55,7 +55,7 @@ from _report import Figures, write_result  # noqa: E402
 
 from agent.core import frames  # noqa: E402
 from agent.dataplane.garp import AnnounceTarget, Sender  # noqa: E402
-from agent.netns import Namespaces, enter, ip  # noqa: E402
+from agent.netns import Namespaces, enter, ip, run_in  # noqa: E402
 
 IFNAME = "s0"
 BLOCK = ipaddress.IPv4Network("198.18.0.0/16")
@@ -69,7 +69,7 @@ PEERS: dict[str, tuple[str, str]] = {}
 def path_sender_only(ns: Namespaces, workdir: Path) -> str:
     sender, sink = ns.new("send"), ns.new("drop")
     ns.veth(sender, IFNAME, sink, "d0")
-    subprocess.run(["ip", "netns", "exec", sink, "nft", "-f", "-"], input=INGRESS_DROP, text=True, check=True)
+    run_in(sink, ["nft", "-f", "-"], input=INGRESS_DROP)
     PEERS[sender] = (sink, "d0")
     return sender
 
@@ -83,15 +83,12 @@ def path_veth(ns: Namespaces, workdir: Path) -> str:
 
 def path_lab(ns: Namespaces, workdir: Path) -> str:
     sender, bridge = ns.new("send"), ns.new("br")
-    ip("link", "add", "br0", "type", "bridge", netns=bridge)
-    ip("link", "set", "br0", "up", netns=bridge)
     ns.veth(sender, IFNAME, bridge, "bs0")
-    ip("link", "set", "bs0", "master", "br0", netns=bridge)
     for i in range(1, 4):
         neighbour = ns.new(f"n{i}")
         ns.veth(bridge, f"bn{i}", neighbour, "eth0")
-        ip("link", "set", f"bn{i}", "master", "br0", netns=bridge)
         ip("addr", "add", f"198.19.255.{i}/15", "dev", "eth0", netns=neighbour)
+    ns.bridge(bridge, "br0", "bs0", "bn1", "bn2", "bn3")
     # arping binds to the address it announces: make the block local (AnyIP), as the up-script's `ip addr add` would.
     ip("addr", "add", "198.19.255.254/15", "dev", IFNAME, netns=sender)
     ip("route", "add", "local", str(BLOCK), "dev", "lo", "table", "local", netns=sender)
