@@ -17,7 +17,7 @@ from agent.config.keys import looks_secret
 from agent.config.messages import ConfigError, reason
 from agent.config.model import AnnounceConfig, Block
 from agent.config.parse import Table, parse_address, parse_prefix
-from agent.config.schema import TABLES_BY_PATH
+from agent.config.schema import MAX_LOOSE_ADDRESSES, TABLES_BY_PATH
 from agent.core.packing import IPAddress, IPNetwork
 
 
@@ -41,7 +41,8 @@ def build_blocks(tables: list[dict] | None, base: Path, errors: list[ConfigError
         errors.append(ConfigError("block", None, "at least one [[block]] is required"))
         return None
     before = len(errors)
-    drafts = [_draft(i, table, base, errors) for i, table in enumerate(tables)]
+    budget = _Budget()
+    drafts = [_draft(i, table, base, errors, budget) for i, table in enumerate(tables)]
     _check_unique_names(drafts, errors)
     _check_overlaps(drafts, errors)
     if len(errors) != before:
@@ -49,7 +50,7 @@ def build_blocks(tables: list[dict] | None, base: Path, errors: list[ConfigError
     return tuple(_finish(d) for d in drafts)
 
 
-def _draft(index: int, table: dict, base: Path, errors: list[ConfigError]) -> _Draft:
+def _draft(index: int, table: dict, base: Path, errors: list[ConfigError], budget: _Budget) -> _Draft:
     t = Table(table, f"block[{index}]", errors, TABLES_BY_PATH["block"])
     name = t.value("name")
     interface = t.value("interface")
@@ -62,9 +63,9 @@ def _draft(index: int, table: dict, base: Path, errors: list[ConfigError]) -> _D
         else:
             draft.prefixes.setdefault(net, key)
     for key, text in t.strings("addresses"):
-        _add_loose(draft, key, text, errors)
+        _add_loose(draft, key, text, errors, budget)
     for key, text in t.strings("address_files"):
-        _add_file(draft, key, text, base / text, errors)
+        _add_file(draft, key, text, base / text, errors, budget)
     _fold_own_prefixes(draft)
     if len(errors) == before and not draft.prefixes and not draft.loose:
         errors.append(ConfigError(t.where, None, "has no addresses: give prefixes, addresses or address_files"))
@@ -80,16 +81,45 @@ def _announce(block: Table) -> AnnounceConfig | None:
     return None if None in values.values() else AnnounceConfig(**values)  # type: ignore[arg-type]
 
 
-def _add_loose(draft: _Draft, key: str, text: str, errors: list[ConfigError]) -> None:
+class _Budget:
+    """The single addresses all blocks together may still take (MAX_LOOSE_ADDRESSES)."""
+
+    def __init__(self) -> None:
+        self.left = MAX_LOOSE_ADDRESSES
+        self.spent = False  # the cap was hit and reported: take nothing more, read no more files
+
+    def take(self, draft: _Draft, address: IPAddress, origin: tuple[str, str]) -> bool:
+        """Add `address` to the draft's loose ones (a repeat costs nothing); False past the cap."""
+        size = len(draft.loose)
+        draft.loose.setdefault(address, origin)
+        if len(draft.loose) == size:
+            return True
+        if self.left == 0:
+            del draft.loose[address]
+            self.spent = True
+            return False
+        self.left -= 1
+        return True
+
+    def message(self, here: str) -> str:
+        return (f"{here}more than {MAX_LOOSE_ADDRESSES:,} single addresses in all blocks together: "
+                "give large ranges as prefixes")
+
+
+def _add_loose(draft: _Draft, key: str, text: str, errors: list[ConfigError], budget: _Budget) -> None:
+    if budget.spent:
+        return
     parsed = parse_address(text, multicast=False)
     if isinstance(parsed, str):
         errors.append(ConfigError(key, text, parsed))
-    else:
-        draft.loose.setdefault(parsed, (key, ""))
+    elif not budget.take(draft, parsed, (key, "")):
+        errors.append(ConfigError(key, text, budget.message("")))
 
 
-def _add_file(draft: _Draft, key: str, text: str, path: Path, errors: list[ConfigError]) -> None:
+def _add_file(draft: _Draft, key: str, text: str, path: Path, errors: list[ConfigError], budget: _Budget) -> None:
     """Load a classic `<dev>.addr.external` file; each bad line is its own error."""
+    if budget.spent:
+        return
     try:
         mode, content = read_text(path)
     except (OSError, ValueError) as e:
@@ -100,8 +130,9 @@ def _add_file(draft: _Draft, key: str, text: str, path: Path, errors: list[Confi
         parsed = parse_address(line, multicast=False)
         if isinstance(parsed, str):
             bad.append((number, line, parsed))
-        else:
-            draft.loose.setdefault(parsed, (key, f"{path}:{number}"))
+        elif not budget.take(draft, parsed, (key, f"{path}:{number}")):
+            errors.append(ConfigError(key, text, budget.message(f"{path}:{number}: ")))
+            break
     # A file others may not read, or one with a secret in it (the key file named
     # by mistake, say), must not leak through the errors: show where, never what.
     private = not mode & 0o004 or any(looks_secret(line) for _, line, _ in bad)

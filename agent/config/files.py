@@ -2,7 +2,8 @@
 
 Everything else in agent.config works on plain values, so the checks can be
 tested without files. Only regular files are read, so that a FIFO or a device
-named by mistake is an error instead of a hang.
+named by mistake is an error instead of a hang, and never more of one than the
+schema's MAX_FILE_BYTES.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+
+from agent.config.schema import MAX_FILE_BYTES
 
 
 def read_text(path: Path) -> tuple[int, str]:
@@ -23,8 +26,11 @@ def read_text(path: Path) -> tuple[int, str]:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
+        # One byte past the cap tells a file that is too large, whatever its size said.
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read()
+            data = f.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES >> 20} MiB, the most read from one file")
     finally:
         os.close(fd)
     return stat.S_IMODE(info.st_mode), data.decode("utf-8-sig", "replace")

@@ -39,6 +39,13 @@ MIN_V4_PREFIXLEN = 8
 # number (4,096 took 4.2 s here, the next 4,096 8.9 s): bound a takeover's length.
 MAX_V6_PREFIX_ADDRESSES = 1 << 12
 MIN_V6_PREFIXLEN = 128 - (MAX_V6_PREFIX_ADDRESSES.bit_length() - 1)  # /116
+# Every file the configuration names is read whole into memory, with a bounded
+# read so that a wrong path (a disk image, a log) costs no more than this.
+# 16 MiB holds a million IPv4 addresses one per line, which is the next cap.
+MAX_FILE_BYTES = 16 << 20
+# Single addresses (inline and from address files) cost ~350 bytes each while
+# loading and 4 s a million; larger sets belong in prefixes (one route each).
+MAX_LOOSE_ADDRESSES = 1 << 20
 
 # --- types -------------------------------------------------------------------------
 
@@ -155,7 +162,9 @@ _BLOCK = (
         "Classic address files as ucarp up-scripts used them (`eth1.addr.external`): one "
         "address per line, `#` comments (also after an address), blank lines, surrounding "
         "spaces and CRLF line ends are all fine. An error shows the text of a bad line "
-        "only when the file is readable by all and holds nothing that looks like a key."),
+        "only when the file is readable by all and holds nothing that looks like a key. "
+        f"At most {MAX_FILE_BYTES >> 20} MiB a file, and at most {MAX_LOOSE_ADDRESSES:,} single "
+        "addresses in all blocks together: give large ranges as prefixes."),
     Key("announce", TABLE, None, None,
         "How a takeover is announced: gratuitous ARP for IPv4, unsolicited neighbour "
         "advertisements for IPv6, for every address of the block."),

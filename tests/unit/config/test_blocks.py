@@ -113,3 +113,25 @@ def test_a_long_bad_line_is_cut_short(workdir: Path) -> None:
     line = "x" * 10_000
     assert file_errors(workdir, "ext.addr", line + "\n", 0o644) == [
         f'DIR/dpagent.toml: block[0].address_files[0] = "ext.addr": DIR/ext.addr:1: {line[:77]!r}...: not an IP address']
+
+
+# --- caps ----------------------------------------------------------------------------------
+
+
+def test_loose_addresses_are_capped_across_all_blocks(workdir: Path, monkeypatch) -> None:
+    monkeypatch.setattr(blocks, "MAX_LOOSE_ADDRESSES", 4)
+    (workdir / "a.addr").write_text("192.0.2.1\n192.0.2.2\n192.0.2.1\n")  # with 192.0.2.10: 3
+    (workdir / "b.addr").write_text("192.0.2.3\n192.0.2.4\n")
+    document = minimal()
+    document["block"][0]["address_files"] = ["a.addr"]
+    document["block"].append({"name": "b", "interface": "eth1", "addresses": ["192.0.2.5"],
+                              "address_files": ["b.addr", "missing.addr"]})
+    assert one_error(workdir, document) == (
+        'DIR/dpagent.toml: block[1].address_files[0] = "b.addr": DIR/b.addr:1: more than 4 single addresses in all'
+        " blocks together: give large ranges as prefixes")
+    del document["block"][1]["address_files"]
+    assert load_config(write(workdir, document)).blocks[1].address_count == 1
+    document["block"][1]["addresses"].append("192.0.2.6")
+    assert one_error(workdir, document) == (
+        'DIR/dpagent.toml: block[1].addresses[1] = "192.0.2.6": more than 4 single addresses in all'
+        " blocks together: give large ranges as prefixes")
