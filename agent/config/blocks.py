@@ -17,7 +17,7 @@ from agent.config.keys import looks_secret
 from agent.config.messages import ConfigError, reason
 from agent.config.model import AnnounceConfig, Block
 from agent.config.parse import Table, parse_address, parse_prefix
-from agent.config.schema import MAX_LOOSE_ADDRESSES, TABLES_BY_PATH
+from agent.config.schema import MAX_LOOSE_ADDRESSES, MAX_V6_ADDRESSES, MAX_V6_BLOCK_ADDRESSES, TABLES_BY_PATH
 from agent.core.packing import IPAddress, IPNetwork
 
 
@@ -45,6 +45,7 @@ def build_blocks(tables: list[dict] | None, base: Path, errors: list[ConfigError
     drafts = [_draft(i, table, base, errors, budget) for i, table in enumerate(tables)]
     _check_unique_names(drafts, errors)
     _check_overlaps(drafts, errors)
+    _check_v6_counts(drafts, errors)
     if len(errors) != before:
         return None
     return tuple(_finish(d) for d in drafts)
@@ -194,6 +195,21 @@ def _check_overlaps(drafts: list[_Draft], errors: list[ConfigError]) -> None:
             if first is not d:
                 there = ", ".join(filter(None, first.loose[address]))
                 errors.append(ConfigError(key, str(address), f"{here}also in {_label(first)} ({there})"))
+
+
+def _check_v6_counts(drafts: list[_Draft], errors: list[ConfigError]) -> None:
+    """Each IPv6 address is one interface address, added one at a time: cap them."""
+    why = "(each is one interface address, added one at a time)"
+    total = 0
+    for d in drafts:
+        count = sum(n.num_addresses for n in d.prefixes if n.version == 6) + sum(a.version == 6 for a in d.loose)
+        if count > MAX_V6_BLOCK_ADDRESSES:
+            message = f"has {count:,} IPv6 addresses, at most {MAX_V6_BLOCK_ADDRESSES:,} per block {why}"
+            errors.append(ConfigError(f"block[{d.index}]", None, message))
+        total += count
+    if total > MAX_V6_ADDRESSES:
+        message = f"{total:,} IPv6 addresses in all blocks, at most {MAX_V6_ADDRESSES:,} {why}"
+        errors.append(ConfigError("block", None, message))
 
 
 def _label(draft: _Draft) -> str:

@@ -46,7 +46,7 @@ SECTIONS = (
     Section("heartbeat", {"interface": "eth2", "peers": ["192.0.2.2"], "port": 7788},
             caption="A directly connected link (the old conntrackd sync link, say).",
             notes={"interface": "Interface of that link.", "port": "UDP port, as above."}),
-    Section("block", {"name": "external", "interface": "eth1", "prefixes": ["198.18.0.0/16", "2001:db8:0:1::/116"],
+    Section("block", {"name": "external", "interface": "eth1", "prefixes": ["198.18.0.0/16", "2001:db8:0:1::/120"],
                       "addresses": ["203.0.113.10", "2001:db8::10"],
                       "address_files": ["/etc/dpagent/eth1.addr.external"]}),
     Section("block.announce", {"pps": 0, "rounds": 2, "round_delay": 2.0, "refresh": 0, "arp_mode": "request"}),

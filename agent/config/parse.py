@@ -16,7 +16,7 @@ from pathlib import Path
 
 from agent.config.messages import ConfigError, toml_key
 from agent.config.schema import (
-    BLOCK_NAME_MAX, BOOLEAN, IFNAMSIZ, INTEGER, INTERFACE, MAX_V6_PREFIX_ADDRESSES, MIN_V4_PREFIXLEN,
+    BLOCK_NAME_MAX, BOOLEAN, IFNAMSIZ, INTEGER, INTERFACE, MAX_V6_BLOCK_ADDRESSES, MIN_V4_PREFIXLEN,
     MIN_V6_PREFIXLEN, NAME, NUMBER, NUMBER_OR_OFF, PATH, REQUIRED, STRING, TABLE, TABLES, Key,
     describe,
 )
@@ -152,7 +152,7 @@ def parse_prefix(text: str) -> IPNetwork | str:
     if first.is_multicast or first.is_loopback or first.is_unspecified:
         return "must be a unicast prefix"
     if net.version == 6 and net.prefixlen < MIN_V6_PREFIXLEN:
-        return f"an IPv6 prefix must be /{MIN_V6_PREFIXLEN} or longer (at most {MAX_V6_PREFIX_ADDRESSES:,} addresses)"
+        return f"an IPv6 prefix must be /{MIN_V6_PREFIXLEN} or longer (at most {MAX_V6_BLOCK_ADDRESSES:,} addresses)"
     if net.version == 4 and net.prefixlen < MIN_V4_PREFIXLEN:
         return f"an IPv4 prefix must be /{MIN_V4_PREFIXLEN} or longer"
     return net

@@ -34,11 +34,13 @@ BLOCK_NAME_MAX = 32
 # An IPv4 prefix becomes one AnyIP route, but every member is announced by GARP:
 # a /8 is 16.7 million frames a round.
 MIN_V4_PREFIXLEN = 8
-# IPv6 prefixes are expanded to single addresses for neighbour advertisements.
-# The kernel adds IPv6 addresses one at a time at a cost that grows with their
-# number (4,096 took 4.2 s here, the next 4,096 8.9 s): bound a takeover's length.
-MAX_V6_PREFIX_ADDRESSES = 1 << 12
-MIN_V6_PREFIXLEN = 128 - (MAX_V6_PREFIX_ADDRESSES.bit_length() - 1)  # /116
+# Every IPv6 address becomes one interface address (neighbour discovery answers
+# nothing else), and the kernel adds them one at a time at a cost that grows
+# with their number: 4,096 took 4.2 s here, the next 4,096 8.9 s, 16 x /116
+# minutes. These bound a takeover's length; one prefix may fill its block.
+MAX_V6_BLOCK_ADDRESSES = 1 << 12
+MAX_V6_ADDRESSES = 1 << 14
+MIN_V6_PREFIXLEN = 128 - (MAX_V6_BLOCK_ADDRESSES.bit_length() - 1)  # /116
 # Every file the configuration names is read whole into memory, with a bounded
 # read so that a wrong path (a disk image, a log) costs no more than this.
 # 16 MiB holds a million IPv4 addresses one per line, which is the next cap.
@@ -92,7 +94,9 @@ _TOP = (
         "One [[block]] table per address block. A block moves between nodes as a whole. "
         "Its addresses may be given as prefixes, inline addresses and classic address "
         "files, in any mix; duplicates and addresses inside the block's own prefixes are "
-        "folded. An address or prefix claimed by two blocks is an error."),
+        "folded. An address or prefix claimed by two blocks is an error. Every IPv6 "
+        f"address is configured on the interface one by one: at most {MAX_V6_BLOCK_ADDRESSES:,} "
+        f"per block and {MAX_V6_ADDRESSES:,} in all blocks, so that a takeover stays short."),
 )
 
 _NODE = (
@@ -155,7 +159,7 @@ _BLOCK = (
         "CIDR prefixes, IPv4 or IPv6. The address must be the network address (no host "
         f"bits). IPv4: /{MIN_V4_PREFIXLEN} or longer, each becomes one AnyIP route. IPv6: "
         f"/{MIN_V6_PREFIXLEN} or longer (at most "
-        f"{MAX_V6_PREFIX_ADDRESSES:,} addresses), since each address is configured on the "
+        f"{MAX_V6_BLOCK_ADDRESSES:,} addresses), since each address is configured on the "
         "interface and gets its own neighbour advertisement."),
     Key("addresses", STRINGS, None, None, "Single addresses, IPv4 or IPv6 (a /32 or /128 suffix is accepted)."),
     Key("address_files", STRINGS, None, None,

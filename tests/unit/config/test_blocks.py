@@ -135,3 +135,24 @@ def test_loose_addresses_are_capped_across_all_blocks(workdir: Path, monkeypatch
     assert one_error(workdir, document) == (
         'DIR/dpagent.toml: block[1].addresses[1] = "192.0.2.6": more than 4 single addresses in all'
         " blocks together: give large ranges as prefixes")
+
+
+def test_ipv6_addresses_are_capped_per_block(workdir: Path) -> None:
+    document = minimal()
+    document["block"][0].update(prefixes=["2001:db8::/116"], addresses=["192.0.2.10", "2001:db8:1::1"])
+    assert one_error(workdir, document) == (
+        "DIR/dpagent.toml: block[0]: has 4,097 IPv6 addresses, at most 4,096 per block"
+        " (each is one interface address, added one at a time)")
+    document["block"][0]["addresses"] = ["192.0.2.10"]
+    assert load_config(write(workdir, document)).blocks[0].address_count == 4097
+
+
+def test_ipv6_addresses_are_capped_in_all_blocks_together(workdir: Path) -> None:
+    document = minimal()
+    document["block"] += [{"name": f"v6-{i}", "interface": "eth1", "prefixes": [f"2001:db8:{i}::/116"]}
+                          for i in range(16)]
+    assert one_error(workdir, document) == (
+        "DIR/dpagent.toml: block: 65,536 IPv6 addresses in all blocks, at most 16,384"
+        " (each is one interface address, added one at a time)")
+    del document["block"][5:]
+    assert len(load_config(write(workdir, document)).blocks) == 5
