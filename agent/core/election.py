@@ -7,8 +7,9 @@ through TRANSITIONS, the one table of what may follow what, and through
 so every block's TakeBlock and ReleaseBlock pair up by construction.
 
 Ranking is (priority, node_id), higher wins. A backup believes peer P is
-master until P's last MASTER advert + dead_multiplier x P's advertised
-interval, or until P says otherwise (RESIGN, or an advert with another
+master until P's last MASTER advert + k x P's advertised interval, where k
+is dead_multiplier on a clean link and grows with the loss measured on P's
+adverts (core.loss), or until P says otherwise (RESIGN, or an advert with another
 state). When no master is believed, the best live backup takes over at once
 and each worse one waits one advert interval per better live backup.
 
@@ -22,6 +23,12 @@ heard: do not grab the blocks); hearing any MASTER advert ends it. A backup
 told its loop stalled waits one interval before a takeover, so that frames
 queued during the stall are read first. Late (reordered) frames count as
 received but never roll back what we know of their sender.
+
+A frame with our own node id but another epoch is another node configured
+with our id: both go FAULT until it has been silent for a dead interval. A
+master that hears a lower-ranked master (a healed split brain) or sees a
+heartbeat link come back announces its blocks again, at most once per
+REANNOUNCE_EVERY: the neighbours may have followed the other node meanwhile.
 """
 
 from __future__ import annotations
@@ -30,16 +37,23 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 
-from agent.core.actions import Action, ReleaseBlock, SendFrame, StateChanged, TakeBlock
+from agent.core.actions import Action, Announce, ReleaseBlock, SendFrame, StateChanged, TakeBlock
 from agent.core.events import (
     AdminCommand, AdminVerb, CarrierLost, Event, LinkChanged, LinkRole, LoopStalled, Shutdown,
 )
-from agent.core.limits import ADVERT_INTERVAL, DEAD_MULTIPLIER, NODE_ID, PREEMPT_DELAY, PRIORITY
+from agent.core.limits import (
+    ADVERT_INTERVAL, DEAD_INTERVAL_MAX, DEAD_MULTIPLIER, FALSE_TAKEOVER_EVERY, NODE_ID, PREEMPT_DELAY, PRIORITY,
+)
+from agent.core.links import NO_CARRIER
+from agent.core.loss import LossEstimate, dead_multiplier
 from agent.core.states import State
 from agent.core.wire import (
     FLAG_YIELD, Frame, FrameError, FrameType, KeyRing,
-    ReplayGuard, Verdict, decode, encode,
+    ReplayGuard, Verdict, decode, encode, epoch_limit,
 )
+
+# Re-announcements after a heal or a link's return, at most this often (seconds).
+REANNOUNCE_EVERY = 1.0
 
 
 class Input(Enum):
@@ -55,6 +69,7 @@ class Input(Enum):
     MAINT_OFF = "maintenance off"
     MAINT_OFF_FAULTY = "maintenance off, link down"
     LINK_FAULT = "link fault"
+    DUPLICATE_ID = "duplicate node id"
     LINKS_OK = "links ok"
     SHUTDOWN = "shutdown"
 
@@ -72,6 +87,9 @@ TRANSITIONS: dict[tuple[State, Input], State] = {
     (_B, Input.LINK_FAULT): _F,
     (_M, Input.LINK_FAULT): _F,
     (_F, Input.LINKS_OK): _B,
+    (_I, Input.DUPLICATE_ID): _F,
+    (_B, Input.DUPLICATE_ID): _F,
+    (_M, Input.DUPLICATE_ID): _F,
     (_B, Input.MAINT_ON): _MT,
     (_M, Input.MAINT_ON): _MT,
     (_F, Input.MAINT_ON): _MT,
@@ -93,10 +111,16 @@ class ElectionConfig:
     preempt_delay: float = 0.0
     advert_interval: float = 0.05
     dead_multiplier: int = 3
+    # Loss-tolerant detection: widen a lossy peer's dead interval up to this many
+    # seconds so that false takeovers stay rarer than one per `false_takeover_every`.
+    dead_interval_max: float = 1.0
+    false_takeover_every: float = 86400.0
 
     def __post_init__(self) -> None:
         for name, (low, high) in (("node_id", NODE_ID), ("priority", PRIORITY), ("preempt_delay", PREEMPT_DELAY),
-                                  ("advert_interval", ADVERT_INTERVAL), ("dead_multiplier", DEAD_MULTIPLIER)):
+                                  ("advert_interval", ADVERT_INTERVAL), ("dead_multiplier", DEAD_MULTIPLIER),
+                                  ("dead_interval_max", DEAD_INTERVAL_MAX),
+                                  ("false_takeover_every", FALSE_TAKEOVER_EVERY)):
             if not low <= getattr(self, name) <= high:
                 raise ValueError(f"{name} {getattr(self, name)} not in {low}..{high}")
 
@@ -119,10 +143,18 @@ class _Peer:
     master_until: float | None = None
     lost_why: str = ""
     links: dict[str, float] = field(default_factory=dict)
+    multiplier: int = 3
+    loss: LossEstimate = field(default_factory=LossEstimate)
+    link_loss: dict[str, LossEstimate] = field(default_factory=dict)
 
     @property
     def rank(self) -> tuple[int, int]:
         return (self.priority, self.node_id)
+
+    @property
+    def dead_after(self) -> float:
+        """Silence after which this peer counts as dead, from its own measured loss."""
+        return self.multiplier * self.interval
 
 
 class Node:
@@ -149,6 +181,9 @@ class Node:
         self._preempt_since: float | None = None
         self._suppressed = False
         self._last: tuple[State, State, str, float] | None = None
+        self._started = 0.0
+        self._duplicate: tuple[int, float] | None = None  # (the other epoch, heard last)
+        self._reannounced = float("-inf")
 
     # -- public API ---------------------------------------------------------
 
@@ -163,6 +198,7 @@ class Node:
     def start(self, now: float) -> None:
         """INIT -> BACKUP, or FAULT if a link it needs is already down."""
         self._now = now
+        self._started = now
         fault = self._fault_reason()
         if fault:
             self._fire(Input.LINK_FAULT, fault, now)
@@ -180,14 +216,19 @@ class Node:
             return
         if frame.node_id == self._config.node_id:
             self._drops["own_id"] += 1
+            if frame.epoch != self._epoch:
+                self._on_duplicate_id(frame.epoch, now)
             return
-        verdict = self._replay.check(frame.node_id, frame.epoch, frame.seq)
-        if verdict is Verdict.REPLAY:
-            self._drops["replay"] += 1
+        limit = epoch_limit(self._epoch, now - self._started)
+        verdict = self._replay.check(frame.node_id, frame.epoch, frame.seq, max_epoch=limit)
+        if verdict in (Verdict.REPLAY, Verdict.FUTURE_EPOCH, Verdict.TOO_MANY_PEERS):
+            self._drops[verdict.value] += 1
             return
         if verdict in (Verdict.DUPLICATE, Verdict.REORDERED):
             self._counters["duplicates" if verdict is Verdict.DUPLICATE else "reordered"] += 1
-            self._peers[frame.node_id].links[link] = now
+            peer = self._peers[frame.node_id]
+            peer.links[link] = now
+            peer.link_loss.setdefault(link, LossEstimate()).observe(frame.seq)
             return
         self._counters["frames_received"] += 1
         peer = self._learn(frame, link, now)
@@ -211,6 +252,10 @@ class Node:
         self._now = now
         if self._state is State.INIT:
             return
+        ends = self._duplicate_ends()
+        if ends is not None and now >= ends:
+            self._duplicate = None
+            self._on_link_state(f"node id {self._config.node_id} no longer used by another node", now)
         if self._next_advert is not None and now >= self._next_advert:
             self._send(FrameType.ADVERT)
             following = self._next_advert + self._config.advert_interval
@@ -234,7 +279,7 @@ class Node:
     def get_timer(self) -> float | None:
         if self._state is State.INIT:
             return None
-        times = [t for t in (self._next_advert, self._takeover_deadline()) if t is not None]
+        times = [t for t in (self._next_advert, self._takeover_deadline(), self._duplicate_ends()) if t is not None]
         return min(times) if times else None
 
     def actions(self) -> list[Action]:
@@ -277,14 +322,38 @@ class Node:
     # -- inputs -------------------------------------------------------------
 
     def _on_link(self, event: LinkChanged, now: float) -> None:
+        before = self._links.get(event.link)
         self._links[event.link] = (event.role, event.up, event.reason)
         if self._state is State.INIT:
             return
+        returned = event.up and event.reason != NO_CARRIER and before is not None and (
+            not before[1] or before[2] == NO_CARRIER)
+        if returned and self._state is State.MASTER:
+            self._reannounce(f"link {event.link} back", now)
+        self._on_link_state(f"link {event.link} up, all links up", now)
+
+    def _on_link_state(self, ok_reason: str, now: float) -> None:
         fault = self._fault_reason()
         if fault:
             self._fire(Input.LINK_FAULT, fault, now)
         else:
-            self._fire(Input.LINKS_OK, f"link {event.link} up, all links up", now)
+            self._fire(Input.LINKS_OK, ok_reason, now)
+
+    def _on_duplicate_id(self, epoch: int, now: float) -> None:
+        self._duplicate = (epoch, now)
+        if self._state is not State.INIT:
+            self._fire(Input.DUPLICATE_ID, self._fault_reason(), now)
+
+    def _duplicate_ends(self) -> float | None:
+        if self._duplicate is None:
+            return None
+        return self._duplicate[1] + self._config.dead_interval
+
+    def _reannounce(self, why: str, now: float) -> None:
+        if now - self._reannounced < REANNOUNCE_EVERY:
+            return
+        self._reannounced = now
+        self._actions.extend(Announce(name, why) for name in self._blocks)
 
     def _on_carrier_lost(self, link: str, now: float) -> None:
         """A master no longer reachable over any link it was recently heard on is down now:
@@ -295,7 +364,7 @@ class Node:
                 continue
             # A link that is down at our end reaches nobody, however recently heard on.
             recent = [n for n, t in peer.links.items()
-                      if now - t < self._config.dead_multiplier * peer.interval
+                      if now - t < peer.dead_after
                       and self._links.get(n, (LinkRole.HEARTBEAT, True, ""))[1]]
             if not recent:
                 peer.master_until = now
@@ -329,6 +398,8 @@ class Node:
 
     def _fault_reason(self) -> str:
         """Why this node must not hold the blocks now, or "" if it may."""
+        if self._duplicate is not None:
+            return f"duplicate node id {self._config.node_id}: another node (epoch {self._duplicate[0]}) sends with it"
         for name, (role, up, why) in sorted(self._links.items()):
             if role is LinkRole.BLOCK and not up:
                 return f"block link {name} down" + (f": {why}" if why else "")
@@ -347,11 +418,19 @@ class Node:
             self._peers[frame.node_id] = peer
         elif frame.epoch != peer.epoch:
             peer.links.clear()
+            peer.loss.restart()
+            for estimate in peer.link_loss.values():
+                estimate.restart()
         peer.epoch, peer.state, peer.priority = frame.epoch, frame.state, frame.priority
         peer.interval, peer.flags, peer.last_seen = frame.advert_interval, frame.flags, now
         peer.links[link] = now
+        peer.loss.observe(frame.seq)
+        peer.link_loss.setdefault(link, LossEstimate()).observe(frame.seq)
+        cfg = self._config
+        peer.multiplier = dead_multiplier(peer.loss.rate, peer.interval, cfg.dead_multiplier,
+                                          cfg.dead_interval_max, cfg.false_takeover_every)
         if frame.kind is FrameType.ADVERT and frame.state is State.MASTER:
-            peer.master_until = now + self._config.dead_multiplier * peer.interval
+            peer.master_until = now + peer.dead_after
             peer.lost_why = ""
             # A master is heard: no reason left to sit out the start-up quiet time.
             self._quiet_until = min(self._quiet_until, now)
@@ -362,16 +441,19 @@ class Node:
         return peer
 
     def _react(self, peer: _Peer, now: float) -> None:
-        if (self._state is State.MASTER and peer.master_until is not None
-                and peer.master_until > now and peer.rank > self.rank):
+        if self._state is not State.MASTER or peer.master_until is None or peer.master_until <= now:
+            return
+        if peer.rank > self.rank:
             self._fire(Input.BETTER_MASTER,
                        f"master {peer.node_id} (prio {peer.priority}) outranks us "
                        f"(prio {self._config.priority})", now)
+        else:
+            self._reannounce(f"heal: lower-ranked master {peer.node_id} heard", now)
 
     # -- backup decisions ---------------------------------------------------
 
     def _live(self, peer: _Peer, now: float) -> bool:
-        return now - peer.last_seen < self._config.dead_multiplier * peer.interval
+        return now - peer.last_seen < peer.dead_after
 
     def _live_masters(self, now: float) -> list[_Peer]:
         return [p for p in self._peers.values() if p.master_until is not None and p.master_until > now]
@@ -455,13 +537,18 @@ class Node:
         peers = [
             {
                 "node_id": p.node_id,
+                # The state it last said it was in; a dead peer says nothing any more.
                 "state": p.state.name,
+                "alive": self._live(p, now),
+                "dead_for_s": None if self._live(p, now) else round(now - p.last_seen - p.dead_after, 6),
                 "priority": p.priority,
                 "age_s": round(now - p.last_seen, 6),
-                "links": sorted(n for n, t in p.links.items()
-                                if now - t < cfg.dead_multiplier * p.interval),
+                "links": sorted(n for n, t in p.links.items() if now - t < p.dead_after),
                 "epoch": p.epoch,
                 "yielding": bool(p.flags & FLAG_YIELD),
+                "loss": round(p.loss.rate, 4),
+                "link_loss": {n: round(e.rate, 4) for n, e in sorted(p.link_loss.items())},
+                "dead_interval_s": round(p.dead_after, 6),
             }
             for p in sorted(self._peers.values(), key=lambda p: p.node_id)
         ]

@@ -21,3 +21,10 @@ ADVERT_INTERVAL = (0.01, 10.0)
 DEAD_MULTIPLIER = (2, 20)
 # Seconds; an hour is already longer than any flapping worth waiting out.
 PREEMPT_DELAY = (0.0, 3600.0)
+# Seconds: the ceiling of a lossy peer's widened dead interval (core.loss). At
+# least two adverts at the fastest interval; beyond a minute a dead master
+# holds the blocks hostage longer than the loss could ever cost.
+DEAD_INTERVAL_MAX = (0.02, 60.0)
+# Seconds: one false takeover per this long is what loss-tolerant detection
+# aims for. From a minute (testing) to ten years.
+FALSE_TAKEOVER_EVERY = (60.0, 10 * 365 * 86400.0)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.core.actions import ReleaseBlock, SendFrame, StateChanged, TakeBlock
+from agent.core.actions import Announce, ReleaseBlock, SendFrame, StateChanged, TakeBlock
 from agent.core.election import TRANSITIONS, ElectionConfig, Node
 from agent.core.events import AdminCommand, AdminVerb, CarrierLost, LinkChanged, LinkRole, LoopStalled, Shutdown
 from agent.core.states import State
@@ -255,12 +255,57 @@ def test_wrong_key_frames_are_dropped_and_counted(cluster_class):
     assert c.node(2).snapshot(c.now)["drops"] == {"auth": 1, "key_id": 1, "short": 1}
 
 
-def test_own_id_frames_are_dropped(cluster_class):
+def test_own_frames_reflected_back_are_dropped(cluster_class):
     c = settled(cluster_class)
-    mine = encode(Frame(FrameType.ADVERT, 2, State.MASTER, 254, 50_000, 5, 5), c.keys)
+    epoch = c.node(2).snapshot(c.now)["epoch"]
+    mine = encode(Frame(FrameType.ADVERT, 2, State.MASTER, 254, 50_000, epoch, 5), c.keys)
     c.deliver(1, 2, mine)
     assert c.node(2).snapshot(c.now)["drops"] == {"own_id": 1}
     assert c.node(2).state is State.BACKUP
+
+
+def test_a_duplicate_node_id_is_a_fault_until_the_other_node_goes_quiet(cluster_class):
+    c = settled(cluster_class)
+    other = c.node(2).snapshot(c.now)["epoch"] + 1
+    impostor = encode(Frame(FrameType.ADVERT, 2, State.MASTER, 254, 50_000, other, 5), c.keys)
+    c.deliver(1, 2, impostor)
+    assert c.node(2).state is State.FAULT
+    reason = c.node(2).snapshot(c.now)["last_transition"]["reason"]
+    assert reason.startswith("duplicate node id 2: another node") and str(other) in reason
+    c.run_for(DEAD / 2)
+    assert c.node(2).state is State.FAULT
+    c.run_for(DEAD)
+    assert c.node(2).state is State.BACKUP
+    assert c.masters() == [1]
+
+
+def test_a_master_that_hears_a_lower_ranked_master_announces_again_once_per_second():
+    keys = KeyRing(((1, b"k" * 32),))
+    node = Node(ElectionConfig(2, 200), keys, 1, ("ext",))
+    node.start(0.0)
+    node.handle_timer(DEAD)
+    assert node.state is State.MASTER
+    node.actions()
+    lower = [encode(Frame(FrameType.ADVERT, 1, State.MASTER, 100, 50_000, 7, seq), keys) for seq in range(3)]
+    node.receive_datagram(lower[0], "hb0", DEAD + 0.1)
+    assert [(type(a), a.name) for a in node.actions() if not isinstance(a, SendFrame)] == [(Announce, "ext")]
+    node.receive_datagram(lower[1], "hb0", DEAD + 0.2)
+    assert not [a for a in node.actions() if isinstance(a, Announce)]
+    node.receive_datagram(lower[2], "hb0", DEAD + 1.2)
+    assert [a.name for a in node.actions() if isinstance(a, Announce)] == ["ext"]
+    assert node.state is State.MASTER
+
+
+def test_a_master_announces_again_when_a_link_comes_back():
+    node = Node(ElectionConfig(2, 200), KeyRing(((1, b"k" * 32),)), 1, ("ext",))
+    node.receive(LinkChanged("hb0", LinkRole.HEARTBEAT, True, "up"), 0.0)
+    node.start(0.0)
+    node.handle_timer(DEAD)
+    node.actions()
+    node.receive(LinkChanged("hb0", LinkRole.HEARTBEAT, True, "no carrier"), DEAD + 0.1)
+    assert not [a for a in node.actions() if isinstance(a, Announce)]
+    node.receive(LinkChanged("hb0", LinkRole.HEARTBEAT, True, "up"), DEAD + 2)
+    assert [a.name for a in node.actions() if isinstance(a, Announce)] == ["ext"]
 
 
 def test_duplicates_via_two_links_are_counted_not_dropped(cluster_class):
