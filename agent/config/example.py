@@ -39,7 +39,8 @@ class Section(NamedTuple):
 
 SECTIONS = (
     Section("node", {"id": 1, "priority": 150, "preempt": True, "preempt_delay": 30, "advert_interval": 0.05,
-                     "dead_multiplier": 3, "realtime_priority": 10, "state_dir": "/var/lib/dpagent"}),
+                     "dead_multiplier": 3, "dead_interval_max": 1.0, "false_takeover_every": 86400,
+                     "realtime_priority": 10, "state_dir": "/var/lib/dpagent"}),
     Section("auth", {"key_file": "/etc/dpagent/key"}),
     Section("control", {"socket": "/run/dpagent/control.sock"}),
     Section("heartbeat", {"interface": "eth0", "group": "224.0.0.18", "port": 7788}),

@@ -23,6 +23,8 @@ class NodeConfig:
     preempt_delay: float = default("node", "preempt_delay")
     advert_interval: float = default("node", "advert_interval")
     dead_multiplier: int = default("node", "dead_multiplier")
+    dead_interval_max: float = default("node", "dead_interval_max")
+    false_takeover_every: float = default("node", "false_takeover_every")
     realtime_priority: int = default("node", "realtime_priority")
     state_dir: Path = Path(default("node", "state_dir"))
 
@@ -41,6 +43,8 @@ class NodeConfig:
             preempt_delay=self.preempt_delay,
             advert_interval=self.advert_interval,
             dead_multiplier=self.dead_multiplier,
+            dead_interval_max=self.dead_interval_max,
+            false_takeover_every=self.false_takeover_every,
         )
 
 

@@ -114,6 +114,16 @@ _NODE = (
     Key("dead_multiplier", INTEGER, limits.DEAD_MULTIPLIER, 3,
         "Missed adverts after which the peer is declared dead: with the default interval "
         "and multiplier a failover starts 150 ms after the master dies."),
+    Key("dead_interval_max", NUMBER, limits.DEAD_INTERVAL_MAX, 1.0,
+        "Seconds: the longest dead interval loss-tolerant detection may use. Each node "
+        "measures the loss of every peer's adverts from their sequence numbers and waits "
+        "longer for a lossy peer, so that lost adverts alone almost never start a "
+        "takeover (keepalived and ucarp flap every ~2 s at 30 % loss); on a clean link the "
+        "wait stays dead_multiplier intervals. A dead master is still noticed within this."),
+    Key("false_takeover_every", NUMBER, limits.FALSE_TAKEOVER_EVERY, 86400.0,
+        "Seconds: how rare a takeover caused by lost adverts alone should be, at the loss "
+        "measured; the dead interval for a lossy peer is widened to meet it (up to "
+        "dead_interval_max): 86400 is one a day."),
     Key("realtime_priority", INTEGER, (0, 99), 10,
         "SCHED_RR priority of the thread that sends and reads the adverts, or 0 for none "
         "(as keepalived's vrrp_rt_priority). Takeover work (netlink, announcements) runs "
