@@ -44,10 +44,16 @@ def render_status(status: dict) -> str:
         lines.append(f"  last transition: {node['last_transition']['reason']}")
     lines.append("peers:")
     for peer in node.get("peers", []):
+        if peer.get("alive", True):
+            state = f"{peer['state']:<12}"
+        else:
+            state = f"DEAD for {_age(peer.get('dead_for_s'))} (last said {peer['state']})"
+        loss = peer.get("loss")
         lines.append(
-            f"  node {peer['node_id']:<6} {peer['state']:<12}"
+            f"  node {peer['node_id']:<6} {state}"
             f" prio {peer['priority']:<4} last frame {_age(peer.get('age_s'))} ago"
             f" via {','.join(peer.get('links', [])) or '-'}"
+            + (f"  loss {loss:.1%}, dead after {_age(peer.get('dead_interval_s'))}" if loss is not None else "")
         )
     lines.append("heartbeat links:")
     for link in status.get("links", []):
@@ -89,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--pretty", action="store_true", help="pretty JSON output")
     verbs = parser.add_subparsers(dest="verb", required=True)
     verbs.add_parser("status", help="state, peers, blocks, transitions, counters")
-    verbs.add_parser("failover", help="hand the blocks over to the peer gracefully")
+    failover = verbs.add_parser("failover", help="hand the blocks over to a live backup gracefully")
+    failover.add_argument("--force", action="store_true", help="resign even if no live backup is heard")
     maintenance = verbs.add_parser("maintenance", help="leave the election (on) or rejoin it (off)")
     maintenance.add_argument("mode", choices=["on", "off"])
     verbs.add_parser("metrics", help="Prometheus text exposition")
@@ -99,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     command, payload = args.verb, {}
     if args.verb == "maintenance":
         payload = {"mode": args.mode}
+    elif args.verb == "failover" and args.force:
+        payload = {"force": True}
     try:
         reply = request(args.socket, command, payload)
     except (OSError, ValueError) as exc:

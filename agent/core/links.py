@@ -23,10 +23,16 @@ def heartbeat_usable(up: bool, reason: str) -> bool:
     return up or reason == NO_CARRIER
 
 
-def link_events(name: str, up: bool, reason: str, *, heartbeat: bool, block: bool) -> list[Event]:
+def link_events(name: str, up: bool, reason: str, *, heartbeat: bool, block: bool,
+                socket_problem: str = "") -> list[Event]:
+    """`socket_problem`: why the heartbeat socket is not open on a usable link (say,
+    someone else holds the port): a link nothing can be heard on is down here."""
     events: list[Event] = []
     if heartbeat:
-        events.append(LinkChanged(name, LinkRole.HEARTBEAT, heartbeat_usable(up, reason), reason))
+        if socket_problem and heartbeat_usable(up, reason):
+            events.append(LinkChanged(name, LinkRole.HEARTBEAT, False, f"socket: {socket_problem}"))
+        else:
+            events.append(LinkChanged(name, LinkRole.HEARTBEAT, heartbeat_usable(up, reason), reason))
         if reason == NO_CARRIER:
             events.append(CarrierLost(name))
     if block:

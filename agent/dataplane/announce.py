@@ -117,6 +117,10 @@ class AnnounceStep:
         self.cancel(block.name)
         return StepResult()
 
+    async def repair(self, block: Block) -> StepResult:
+        """Frames leave no state behind: nothing to put back."""
+        return StepResult()
+
     async def remove_leftovers(self) -> StepResult:
         """Frames leave no state behind."""
         return StepResult()

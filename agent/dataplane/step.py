@@ -76,6 +76,9 @@ class DataplaneStep(Protocol):
     async def adjust(self, old: Block, new: Block) -> StepResult:
         """A held block redefined: change only the difference, never release what stays."""
 
+    async def repair(self, block: Block) -> StepResult:
+        """Put back what someone else removed of a held block; `applied` counts it."""
+
     async def remove_leftovers(self) -> StepResult:
         """Remove what a crashed run of the agent left in the kernel."""
 

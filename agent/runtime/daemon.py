@@ -14,18 +14,15 @@ import asyncio
 import logging
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from agent.config import Config
 from agent.core.actions import Action, Announce, ReleaseBlock, StateChanged, TakeBlock
 from agent.core.election import Node
-from agent.core.events import Shutdown
-from agent.core.links import heartbeat_usable, link_events
+from agent.core.events import CarrierLost, Shutdown
+from agent.core.links import UP, heartbeat_usable, link_events
 from agent.core.wire import KeyRing
-from agent.dataplane.addresses import AddressStep
-from agent.dataplane.announce import AnnounceStep
-from agent.dataplane.step import StepResult
 from agent.runtime import metrics, status, verbs
+from agent.runtime.cleanup import build_steps, remove_leftovers, worker
 from agent.runtime.control import ControlServer
 from agent.runtime.epoch import next_epoch
 from agent.runtime.heartbeat import HeartbeatPort
@@ -34,18 +31,13 @@ from agent.runtime.notify import Notifier
 from agent.runtime.pump import CorePump
 from agent.runtime.reconfigure import Configuration
 from agent.runtime.runner import StepRunner
-from agent.runtime.scheduling import normal_priority, raise_loop_priority
+from agent.runtime.scheduling import raise_loop_priority
 from agent.runtime.transitions import History
 
 log = logging.getLogger("dpagent")
 
 # How long a graceful stop waits for the release to finish before exiting anyway.
 STOP_TIMEOUT = 10.0
-
-
-def _worker(name: str) -> ThreadPoolExecutor:
-    """One thread at normal priority: the loop's SCHED_RR must not be inherited."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=normal_priority)
 
 
 class Daemon:
@@ -58,10 +50,10 @@ class Daemon:
         self.notifier = Notifier()
         self.pump = CorePump(self.loop, node, self.history, stall_after=config.node.advert_interval,
                              send=self._send, dispatch=self._dispatch, watchdog=self._ping_watchdog)
-        self.ports = {link.interface: HeartbeatPort(link, self.loop, self.pump.datagram) for link in config.heartbeat}
-        self.workers = {name: _worker(name) for name in ("netlink", "announce", "config")}
-        steps = (AddressStep(self.workers["netlink"]), AnnounceStep(self.loop, self.workers["announce"]))
-        self.runner = StepRunner(self.loop, steps, self.history)
+        self.ports = {link.interface: HeartbeatPort(link, self.loop, self.pump.datagram, self._on_port)
+                      for link in config.heartbeat}
+        self.workers = {name: worker(name) for name in ("netlink", "announce", "config")}
+        self.runner = StepRunner(self.loop, build_steps(self.loop, self.workers), self.history)
         self.configuration = Configuration(config, self.loop, self.workers["config"], pump=self.pump,
                                            runner=self.runner, history=self.history, notifier=self.notifier)
         handlers = verbs.handlers(self.pump, self.status, metrics.render, self.configuration.reload)
@@ -108,12 +100,27 @@ class Daemon:
     def _link_events(self, name: str, up: bool, reason: str) -> list:
         port = self.ports.get(name)
         if port is not None:
-            # A re-created interface has a new index: the old socket is bound to nothing.
-            port.close()
-            if heartbeat_usable(up, reason):
-                port.open()
+            # Reopened on every event: a re-created interface has a new index.
+            port.want(heartbeat_usable(up, reason))
+        return self._events_for(name, up, reason)
+
+    def _events_for(self, name: str, up: bool, reason: str) -> list:
+        port = self.ports.get(name)
+        problem = port.last_error or "not open" if port is not None and not port.is_open else ""
         blocks = {b.interface for b in self.configuration.current.blocks}
-        return link_events(name, up, reason, heartbeat=port is not None, block=name in blocks)
+        return link_events(name, up, reason, heartbeat=port is not None, block=name in blocks,
+                           socket_problem=problem)
+
+    def _on_port(self, name: str) -> None:
+        """A heartbeat socket opened or closed on its own (taken port, a retry that worked)."""
+        if self.monitor is None:
+            return
+        reason = self.monitor.describe(name)
+        port = self.ports[name]
+        log.warning("heartbeat socket on %s %s%s", name, "open" if port.is_open else "closed",
+                    "" if port.is_open else f": {port.last_error}")
+        events = [e for e in self._events_for(name, reason == UP, reason) if not isinstance(e, CarrierLost)]
+        self.pump.events(events)
 
     # --- status --------------------------------------------------------------------------
 
@@ -123,7 +130,7 @@ class Daemon:
         return {
             "node": self.pump.node.snapshot(self.loop.time()),
             "links": [status.link_status(name, port.is_open, self.monitor.describe(name) if self.monitor else "unknown",
-                                         port.send_errors, port.last_error)
+                                         port.send_errors, port.last_error, dict(port.drops))
                       for name, port in self.ports.items()],
             "blocks": [status.block_status(b, runner.held.get(b.name), runner.last_change.get(b.name))
                        for b in config.blocks],
@@ -132,6 +139,7 @@ class Daemon:
             "state_changes": self.state_changes,
             "leftovers_removed": self.leftovers,
             "release_retries": runner.release_retries,
+            "repairs": dict(runner.repairs),
             "control_errors": dict(self.control.errors),
             "epoch_problem": self.epoch_problem,
             "loop": {"max_lag_s": round(self.pump.max_lag, 6), "stalls": self.pump.stalls,
@@ -141,17 +149,8 @@ class Daemon:
 
     # --- life cycle ------------------------------------------------------------------------
 
-    async def _remove_leftovers(self) -> None:
-        total = StepResult()
-        for facility, step in self.runner.steps.items():
-            result = await step.remove_leftovers()
-            total.merge(result)
-            total.detail[facility] = result.as_dict()
-        self.leftovers = total.as_dict()
-        if total.applied:
-            log.warning("removed %d leftovers of an earlier run", total.applied)
-
-    async def run(self) -> None:
+    async def run(self) -> bool:
+        """Run until SIGTERM; True if everything the agent put in the kernel is gone again."""
         config = self.configuration.current
         self.scheduling = raise_loop_priority(config.node.realtime_priority)
         if self.epoch_problem:
@@ -162,7 +161,9 @@ class Daemon:
         self.runner.start()
         self.runner.prepare(config.blocks, None)
         await self.runner.drain(timeout=None)
-        await self._remove_leftovers()
+        self.leftovers = await remove_leftovers(tuple(self.runner.steps.values()))
+        if self.leftovers["applied"]:
+            log.warning("removed %d leftovers of an earlier run", self.leftovers["applied"])
         watched = set(self.ports) | {b.interface for b in config.blocks}
         initial = await self.loop.run_in_executor(self.workers["netlink"], read_links, watched)
         self.monitor = LinkMonitor(self.loop, watched, self._on_link, self.workers["netlink"])
@@ -175,7 +176,7 @@ class Daemon:
         self.notifier.ready(f"{self.pump.node.state.name}: started")
         log.warning("dpagent node %d started (%d block(s))", config.node.id, len(config.blocks))
         await self._stopping.wait()
-        await self._shutdown()
+        return await self._shutdown()
 
     def _reload_on_signal(self) -> None:
         task = self.loop.create_task(self.configuration.reload())
@@ -183,11 +184,15 @@ class Daemon:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self) -> bool:
         self.notifier.stopping()
         self.pump.events([Shutdown()])
         if not await self.runner.drain(STOP_TIMEOUT):
             log.error("release did not finish within %.0f s", STOP_TIMEOUT)
+        left = sorted(self.runner.held)
+        if left:
+            log.error("stopping with block(s) %s still in the kernel; exiting unclean for `dpagent cleanup`",
+                      ", ".join(left))
         self.runner.close()
         self.pump.close()
         self.monitor.close()
@@ -199,3 +204,4 @@ class Daemon:
         for pool in self.workers.values():
             pool.shutdown(wait=True)
         log.warning("dpagent stopped")
+        return not left

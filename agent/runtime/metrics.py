@@ -52,6 +52,21 @@ def render(status: dict) -> str:
                [({"reason": r}, n) for r, n in sorted(node.get("drops", {}).items())])
     out.metric("dpagent_peer_last_frame_age_seconds", "gauge", "Seconds since the last valid frame of a peer.",
                [({"peer": p["node_id"]}, p["age_s"]) for p in node.get("peers", [])])
+    out.metric("dpagent_peer_alive", "gauge", "1 while a peer is heard within its dead interval.",
+               [({"peer": p["node_id"]}, int(p.get("alive", True))) for p in node.get("peers", [])])
+    out.metric("dpagent_peer_advert_loss_ratio", "gauge", "Measured loss of a peer's adverts on all links.",
+               [({"peer": p["node_id"]}, p.get("loss", 0)) for p in node.get("peers", [])])
+    out.metric("dpagent_peer_link_advert_loss_ratio", "gauge", "Measured loss of a peer's adverts, by link.",
+               [({"peer": p["node_id"], "link": link}, loss)
+                for p in node.get("peers", []) for link, loss in p.get("link_loss", {}).items()])
+    out.metric("dpagent_peer_dead_interval_seconds", "gauge",
+               "Silence after which the peer counts as dead, widened for its measured loss.",
+               [({"peer": p["node_id"]}, p.get("dead_interval_s", 0)) for p in node.get("peers", [])])
+    out.metric("dpagent_block_repaired_total", "counter",
+               "Items of a held block found missing from the kernel and put back.",
+               [({"block": name}, n) for name, n in sorted(status.get("repairs", {}).items())])
+    out.metric("dpagent_release_retries_total", "counter", "Releases retried after a failure.",
+               [({}, status.get("release_retries", 0))])
     out.metric("dpagent_heartbeat_send_errors_total", "counter", "Heartbeat send errors, by link.",
                [({"link": link["name"]}, link["send_errors"]) for link in status["links"]])
     out.metric("dpagent_block_addresses", "gauge", "Addresses in a block.",

@@ -6,7 +6,9 @@ only then the steps that may run behind it (core.plan), so that no block waits
 for another block's announcement. The runner remembers which definition of a
 block it put in the kernel (`held`): a release removes exactly that, even after
 a reload redefined the block. A release that failed is retried with back-off for
-as long as the core does not want the block back.
+as long as the core does not want the block back. While idle, the held blocks
+are checked against the kernel now and then and what someone else removed is
+put back and counted (`repairs`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ log = logging.getLogger("dpagent")
 
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
+# Seconds between two repair rounds, and how many times the last round's own
+# duration they are apart at least: re-taking 65,536 loose addresses costs
+# ~0.6 s of netlink work, which must stay a small share of a CPU.
+REPAIR_EVERY = 5.0
+REPAIR_DUTY = 20
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,8 @@ class StepRunner:
         self.wanted: set[str] = set()
         self.last_change: dict[str, dict] = {}
         self.release_retries = 0
+        self.repairs: dict[str, int] = {}
+        self._repair_timer: asyncio.TimerHandle | None = None
         self._retry_delay: dict[str, float] = {}
         self._retry_timers: dict[str, asyncio.TimerHandle] = {}
         self._jobs: deque[_Job] = deque()
@@ -98,6 +107,7 @@ class StepRunner:
 
     def start(self) -> None:
         self._worker = self._loop.create_task(self._work())
+        self._repair_timer = self._loop.call_later(REPAIR_EVERY, self._repair_due)
 
     async def drain(self, timeout: float) -> bool:
         """Wait for every queued job; False if they did not finish in time."""
@@ -110,6 +120,8 @@ class StepRunner:
     def close(self) -> None:
         for timer in self._retry_timers.values():
             timer.cancel()
+        if self._repair_timer is not None:
+            self._repair_timer.cancel()
         if self._worker is not None:
             self._worker.cancel()
 
@@ -194,6 +206,32 @@ class StepRunner:
             for planned in plan.reannounce(self.steps):
                 if block.name in self.wanted:
                     await self._step(job.transition, self.steps[planned.facility], "take", block)
+
+    # --- repairing what someone else removed -----------------------------------------
+
+    def _repair_due(self) -> None:
+        """Only when idle: a takeover or release never waits behind a repair round."""
+        if self._jobs:
+            self._repair_timer = self._loop.call_later(REPAIR_EVERY, self._repair_due)
+            return
+        self._jobs.append(_Job("repair", tuple(self.held.values()), None))
+        self._signal()
+
+    async def _repair(self, job: _Job) -> None:
+        started = self._loop.time()
+        try:
+            for block in job.blocks:
+                for planned in plan.takeover(self.steps):
+                    if block.name not in self.wanted or self.held.get(block.name) is not block:
+                        break
+                    result = await self.steps[planned.facility].repair(block)
+                    if result.applied:
+                        self.repairs[block.name] = self.repairs.get(block.name, 0) + result.applied
+                        log.error("block %s: %d item(s) of %s were missing from the kernel and are back",
+                                  block.name, result.applied, planned.facility)
+        finally:
+            spent = self._loop.time() - started
+            self._repair_timer = self._loop.call_later(max(REPAIR_EVERY, spent * REPAIR_DUTY), self._repair_due)
 
     # --- retrying a failed release -----------------------------------------------------
 

@@ -17,5 +17,8 @@ def block_status(block: Block, held: Block | None, last_change: dict | None) -> 
     }
 
 
-def link_status(name: str, port_open: bool, kernel: str, send_errors: int, last_error: str) -> dict:
-    return {"name": name, "up": port_open, "kernel": kernel, "send_errors": send_errors, "last_error": last_error}
+def link_status(name: str, port_open: bool, kernel: str, send_errors: int, last_error: str,
+                drops: dict[str, int]) -> dict:
+    """A heartbeat link: its socket, the kernel's view, and the frames its socket refused."""
+    return {"name": name, "up": port_open, "kernel": kernel, "send_errors": send_errors, "last_error": last_error,
+            "drops": drops}

@@ -15,11 +15,18 @@ def handlers(pump: CorePump, status: Callable[[], dict], metrics: Callable[[dict
     def admin(verb: AdminVerb) -> None:
         pump.events([AdminCommand(verb)])
 
-    def failover(_args: dict) -> dict:
-        if pump.node.state is not State.MASTER:
-            raise ControlError(f"not master (state {pump.node.state.name}); nothing to hand over")
+    def failover(args: dict) -> dict:
+        node = pump.node
+        if node.state is not State.MASTER:
+            raise ControlError(f"not master (state {node.state.name}); nothing to hand over")
+        peers = node.snapshot(pump.loop.time())["peers"]
+        ready = [p["node_id"] for p in peers if p["alive"] and p["state"] == "BACKUP" and not p["yielding"]]
+        # Without a live backup the blocks would go dark for a dead interval, then come back here.
+        if not ready and args.get("force") is not True:
+            raise ControlError("no live backup to hand over to; use --force to resign anyway")
         admin(AdminVerb.FAILOVER)
-        return {"message": "resigned; the best backup takes over"}
+        to = f"backup(s) {', '.join(map(str, ready))}" if ready else "no live backup (forced)"
+        return {"message": f"resigned; the best backup takes over ({to})"}
 
     def maintenance(args: dict) -> dict:
         mode = args.get("mode")

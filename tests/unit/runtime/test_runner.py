@@ -25,6 +25,7 @@ class FakeStep:
         self.log = log
         self.fail: dict[str, Exception] = {}
         self.gate: asyncio.Event | None = None
+        self.missing: dict[str, int] = {}
 
     async def _call(self, op: str, block: Block) -> StepResult:
         self.log.append((self.facility, op, block.name))
@@ -46,6 +47,10 @@ class FakeStep:
     async def adjust(self, old: Block, new: Block) -> StepResult:
         self.log.append((self.facility, "adjust-from", old.address_count))
         return await self._call("adjust", new)
+
+    async def repair(self, block: Block) -> StepResult:
+        self.log.append((self.facility, "repair", block.name))
+        return StepResult(applied=self.missing.pop(block.name, 0))
 
     async def remove_leftovers(self) -> StepResult:
         return StepResult()
@@ -253,3 +258,30 @@ def test_a_step_that_raises_is_filed_as_failed_and_the_next_block_goes_on(op):
     failed = [s for s in t.steps if s.name == f"{verb}:a"]
     assert failed and not failed[0].ok and "boom" in failed[0].detail["error"]
     assert any(s.name == f"{verb}:b" and s.ok for s in t.steps)
+
+
+def test_idle_repair_rounds_put_back_and_count_what_someone_removed(monkeypatch):
+    monkeypatch.setattr(runner_module, "REPAIR_EVERY", 0.01)
+
+    async def scenario():
+        log: list = []
+        runner, history, addresses, _ = make(log)
+        runner.start()
+        runner.take([block("a")], history.begin("BACKUP", "MASTER", "up"))
+        assert await runner.drain(5)
+        addresses.missing["a"] = 1
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if runner.repairs:
+                break
+        runner.release(["a"], history.begin("MASTER", "BACKUP", "down"))
+        assert await runner.drain(5)
+        log.clear()
+        await asyncio.sleep(0.05)
+        runner.close()
+        return log, runner
+
+    log, runner = run(scenario())
+    assert runner.repairs == {"a": 1}
+    # Nothing held any more: the rounds that follow repair nothing.
+    assert not [entry for entry in log if entry[1] == "repair"]

@@ -1,0 +1,47 @@
+"""The dataplane steps the agent runs with, and removing everything they leave in the kernel.
+
+One list of facilities for the daemon and for `dpagent cleanup`, so a new
+facility is cleaned up after a crash as soon as it exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor, ThreadPoolExecutor
+
+from agent.dataplane.addresses import AddressStep
+from agent.dataplane.announce import AnnounceStep
+from agent.dataplane.step import DataplaneStep, StepResult
+from agent.runtime.scheduling import normal_priority
+
+
+def worker(name: str) -> ThreadPoolExecutor:
+    """One thread at normal priority: the loop's SCHED_RR must not be inherited."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=normal_priority)
+
+
+def build_steps(loop: asyncio.AbstractEventLoop, workers: dict[str, Executor]) -> tuple[DataplaneStep, ...]:
+    """Every facility; core.plan decides their order."""
+    return (AddressStep(workers["netlink"]), AnnounceStep(loop, workers["announce"]))
+
+
+async def remove_leftovers(steps: tuple[DataplaneStep, ...]) -> dict:
+    """What every facility removed, summed, with each facility's own result beside it."""
+    total = StepResult()
+    for step in steps:
+        result = await step.remove_leftovers()
+        total.merge(result)
+        total.detail[step.facility] = result.as_dict()
+    return total.as_dict()
+
+
+async def remove_everything() -> dict:
+    workers = {name: worker(name) for name in ("netlink", "announce")}
+    steps = build_steps(asyncio.get_running_loop(), workers)
+    try:
+        return await remove_leftovers(steps)
+    finally:
+        for step in steps:
+            await step.close()
+        for pool in workers.values():
+            pool.shutdown(wait=True)
