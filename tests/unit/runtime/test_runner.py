@@ -80,6 +80,16 @@ def make(log: list) -> tuple[StepRunner, History, FakeStep, FakeStep]:
     return StepRunner(asyncio.get_running_loop(), (announce, addresses), history), history, addresses, announce
 
 
+async def holding_a(log: list) -> tuple[StepRunner, History, FakeStep, FakeStep]:
+    """A started runner that has taken block "a"; the log starts empty after it."""
+    runner, history, addresses, announce = make(log)
+    runner.start()
+    runner.take([block("a")], history.begin("BACKUP", "MASTER", "up"))
+    assert await runner.drain(5)
+    log.clear()
+    return runner, history, addresses, announce
+
+
 def test_every_block_serves_before_any_is_announced_and_each_step_is_timed():
     async def scenario():
         log: list = []
@@ -104,12 +114,7 @@ def test_every_block_serves_before_any_is_announced_and_each_step_is_timed():
 def test_release_cancels_at_once_then_runs_the_plan_backwards_and_forgets_the_block():
     async def scenario():
         log: list = []
-        runner, history, _, _ = make(log)
-        runner.start()
-        t = history.begin("BACKUP", "MASTER", "up")
-        runner.take([block("a")], t)
-        assert await runner.drain(5)
-        log.clear()
+        runner, history, _, _ = await holding_a(log)
         down = history.begin("MASTER", "BACKUP", "down")
         runner.release(["a"], down)
         cancelled_first = list(log)
@@ -151,10 +156,7 @@ def test_a_release_that_raised_is_retried_with_back_off_while_not_wanted(monkeyp
 
     async def scenario():
         log: list = []
-        runner, history, addresses, _ = make(log)
-        runner.start()
-        runner.take([block("a")], history.begin("BACKUP", "MASTER", "up"))
-        assert await runner.drain(5)
+        runner, history, addresses, _ = await holding_a(log)
         addresses.fail["release"] = OSError("netlink socket gone")
         runner.release(["a"], history.begin("MASTER", "BACKUP", "down"))
         assert await runner.drain(5)
@@ -176,12 +178,7 @@ def test_a_release_that_raised_is_retried_with_back_off_while_not_wanted(monkeyp
 def test_adjust_changes_a_held_block_in_place_and_skips_one_not_held():
     async def scenario():
         log: list = []
-        runner, history, _, _ = make(log)
-        runner.start()
-        t = history.begin("BACKUP", "MASTER", "up")
-        runner.take([block("a")], t)
-        assert await runner.drain(5)
-        log.clear()
+        runner, history, _, _ = await holding_a(log)
         reload = history.begin("MASTER", "MASTER", "reload")
         runner.adjust(block("a", "198.18.0.0/25"), reload)
         runner.adjust(block("other"), reload)
@@ -199,12 +196,7 @@ def test_adjust_changes_a_held_block_in_place_and_skips_one_not_held():
 def test_announce_reruns_only_the_announcing_step_of_a_held_block():
     async def scenario():
         log: list = []
-        runner, history, _, _ = make(log)
-        runner.start()
-        t = history.begin("BACKUP", "MASTER", "up")
-        runner.take([block("a")], t)
-        assert await runner.drain(5)
-        log.clear()
+        runner, history, _, _ = await holding_a(log)
         again = history.begin("MASTER", "MASTER", "heal")
         runner.announce(["a", "not-held"], again)
         assert await runner.drain(5)
@@ -265,10 +257,7 @@ def test_idle_repair_rounds_put_back_and_count_what_someone_removed(monkeypatch)
 
     async def scenario():
         log: list = []
-        runner, history, addresses, _ = make(log)
-        runner.start()
-        runner.take([block("a")], history.begin("BACKUP", "MASTER", "up"))
-        assert await runner.drain(5)
+        runner, history, addresses, _ = await holding_a(log)
         addresses.missing["a"] = 1
         for _ in range(200):
             await asyncio.sleep(0.01)
