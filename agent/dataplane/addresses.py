@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from ipaddress import ip_address, ip_network
 
@@ -54,20 +54,23 @@ class AddressPlane:
         except OSError:
             return None
 
-    def take(self, block: Block) -> StepResult:
-        return self.change(block.interface, kernel_addresses(block.prefixes, block.addresses), add=True)
+    def take(self, block: Block, stop: Callable[[], bool] | None = None) -> StepResult:
+        return self.change(block.interface, kernel_addresses(block.prefixes, block.addresses), add=True, stop=stop)
 
     def release(self, block: Block) -> StepResult:
         return self.change(block.interface, kernel_addresses(block.prefixes, block.addresses), add=False)
 
-    def change(self, interface: str, members: KernelAddresses, *, add: bool) -> StepResult:
+    def change(self, interface: str, members: KernelAddresses, *, add: bool,
+               stop: Callable[[], bool] | None = None) -> StepResult:
+        """Add or remove these members; `stop` cuts an add short between two sendmsgs
+        (what was added stays held, and the release that follows removes it)."""
         started = time.perf_counter()
         result = StepResult()
         lo = self.interface_index("lo")
         if members.v4_routes and lo is not None:
             kind = nlbatch.RTM_NEWROUTE if add else nlbatch.RTM_DELROUTE
             items = [(str(n), nlbatch.local_route(n, DPAGENT_PROTO, lo)) for n in members.v4_routes]
-            _add_batch(result, self._batch.apply(kind, items))
+            _add_batch(result, self._batch.apply(kind, items, stop=stop))
         if members.v6_addresses:
             index = self.interface_index(interface)
             if index is None:
@@ -75,7 +78,9 @@ class AddressPlane:
             else:
                 kind = nlbatch.RTM_NEWADDR if add else nlbatch.RTM_DELADDR
                 items = [(str(a), nlbatch.interface_address(a, DPAGENT_PROTO, index)) for a in members.v6_addresses]
-                _add_batch(result, self._batch.apply(kind, items, nlbatch.IPV6_ADDRESSES_PER_SEND))
+                _add_batch(result, self._batch.apply(kind, items, nlbatch.IPV6_ADDRESSES_PER_SEND, stop))
+        if stop is not None and stop():
+            result.problem = "cut short: the block was released meanwhile"
         result.seconds = time.perf_counter() - started
         return result
 
@@ -133,6 +138,8 @@ class AddressStep:
 
     def __init__(self, worker: Executor) -> None:
         self._worker = worker
+        # Blocks whose take must stop at the next sendmsg; read by the worker thread.
+        self._cancelled: set[str] = set()
         self._plane: AddressPlane | None = None
         self._leftovers: dict = {}
 
@@ -144,7 +151,8 @@ class AddressStep:
             self._plane = await self._run(AddressPlane)
 
     async def take(self, block: Block) -> StepResult:
-        return await self._run(self._plane.take, block)
+        self._cancelled.discard(block.name)
+        return await self._run(self._plane.take, block, lambda: block.name in self._cancelled)
 
     async def release(self, block: Block) -> StepResult:
         return await self._run(self._plane.release, block)
@@ -162,7 +170,7 @@ class AddressStep:
         return result
 
     def cancel(self, name: str) -> None:
-        """A netlink batch is over in milliseconds: nothing to interrupt."""
+        self._cancelled.add(name)
 
     def status(self) -> dict:
         return {"leftovers_removed": self._leftovers}
