@@ -26,8 +26,9 @@ received but never roll back what we know of their sender.
 
 A frame with our own node id but another epoch is another node configured
 with our id: both go FAULT until it has been silent for a dead interval. A
-master that hears a lower-ranked master (a healed split brain) or sees a
-heartbeat link come back announces its blocks again, at most once per
+master that hears a lower-ranked master, a resign, or a peer it had given up
+for dead (a healed split brain, whoever yields first), or sees a heartbeat
+link come back, announces its blocks again, at most once per
 REANNOUNCE_EVERY: the neighbours may have followed the other node meanwhile.
 """
 
@@ -231,8 +232,15 @@ class Node:
             peer.link_loss.setdefault(link, LossEstimate()).observe(frame.seq)
             return
         self._counters["frames_received"] += 1
+        known = self._peers.get(frame.node_id)
+        returned = known is not None and not self._live(known, now)
         peer = self._learn(frame, link, now)
         self._react(peer, now)
+        if self._state is State.MASTER and (returned or frame.kind is FrameType.RESIGN):
+            # It may have held the blocks where we could not hear it, and told the
+            # neighbours so; it may also yield before we ever hear it as a master.
+            self._reannounce(f"heal: peer {peer.node_id} heard again" if returned
+                             else f"heal: peer {peer.node_id} resigned", now)
         self._evaluate(now)
 
     def receive(self, event: Event, now: float) -> None:

@@ -439,3 +439,23 @@ def test_reload_of_the_block_list_takes_added_and_releases_removed_blocks_only_o
     node.set_blocks(("c", "d"), DEAD + 0.01)
     acts = node.actions()
     assert [(type(a), a.name) for a in acts] == [(ReleaseBlock, "b"), (TakeBlock, "d")]
+
+
+def test_a_master_announces_again_when_a_peer_it_gave_up_for_dead_is_heard_or_resigns():
+    """After a split brain the loser may yield before the winner ever hears it as master."""
+    keys = KeyRing(((1, b"k" * 32),))
+    node = Node(ElectionConfig(2, 200), keys, 1, ("ext",))
+    node.start(0.0)
+    node.handle_timer(DEAD)
+    assert node.state is State.MASTER
+    for seq in range(5):  # a live backup, heard every interval: nothing to announce
+        node.receive_datagram(encode(Frame(FrameType.ADVERT, 1, State.BACKUP, 100, 50_000, 7, seq), keys),
+                              "hb0", DEAD + 0.05 * seq)
+    node.actions()
+    node.receive_datagram(encode(Frame(FrameType.ADVERT, 1, State.BACKUP, 100, 50_000, 7, 5), keys), "hb0",
+                          DEAD + 0.25)
+    assert not [a for a in node.actions() if isinstance(a, Announce)]
+    # Silent for seconds (a partition), then its resign as it yields.
+    node.receive_datagram(encode(Frame(FrameType.RESIGN, 1, State.BACKUP, 100, 50_000, 7, 90), keys), "hb0", 3.0)
+    assert [a.name for a in node.actions() if isinstance(a, Announce)] == ["ext"]
+    assert node.state is State.MASTER
