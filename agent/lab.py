@@ -251,9 +251,10 @@ class Lab:
 
     def write_config(self, node: int, *, priority: int | None = None, preempt: bool = False,
                      preempt_delay: float = 0.0, advert_interval: float = 0.05,
-                     key_hex: str = KEY_HEX, block: str = BLOCK_V4, block_v6: bool = False,
+                     key_hex: str = KEY_HEX, block: str = BLOCK_V4, block_v6: bool | str = False,
                      announce: str = "", heartbeat: str = "group") -> Path:
         """An agent configuration for fw<node>; `announce` is extra TOML for the block;
+        `block_v6` adds the IPv6 block (True: BLOCK_V6, or a prefix inside it);
         `heartbeat` is "group" (IPv4 multicast), "group6" (IPv6 link-local multicast)
         or "unicast" (the peer's hb addresses)."""
         key = self.dir / f"fw{node}.key"
@@ -263,7 +264,7 @@ class Lab:
 [[block]]
 name = "ext6"
 interface = "ext0"
-prefixes = ["{BLOCK_V6}"]
+prefixes = ["{BLOCK_V6 if block_v6 is True else block_v6}"]
 {announce}
 """ if block_v6 else ""
         path = self.dir / f"fw{node}.toml"
