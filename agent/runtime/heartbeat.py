@@ -41,20 +41,15 @@ a source that is not one of a peers link's peers. Both are counted in `drops`.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import struct
 from collections import Counter
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
-
-from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
-from pyroute2.netlink.rtnl import RTM_GETADDR, RTM_NEWADDR
-from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_DADFAILED, IFA_F_TENTATIVE, ifaddrmsg
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+from ipaddress import IPv4Address, IPv6Address
 
 from agent.config import HeartbeatLink
-from agent.core.packing import IPAddress, IPNetwork
+from agent.core.packing import IPAddress
+from agent.runtime.ifaddr import bind_address
 
 # Frames are 64 bytes; anything bigger is read whole so the core can count it as "long".
 _MAX_DATAGRAM = 2048
@@ -70,10 +65,7 @@ RETRY_MAX = 5.0
 # Linux values that Python's socket module does not name.
 SO_RCVBUFFORCE = 33
 IP_RECVTTL = 12
-NETLINK_ROUTE = 0
 
-# Not bindable (yet, or ever): the kernel refuses them with EADDRNOTAVAIL.
-_UNUSABLE = IFA_F_TENTATIVE | IFA_F_DADFAILED
 _INT = struct.Struct("=i")
 
 # The TTL / hop limit of a datagram, as IP_RECVTTL / IPV6_RECVHOPLIMIT deliver it.
@@ -97,60 +89,6 @@ def _plain(address: IPAddress) -> str:
 def _sockaddr(family: socket.AddressFamily, address: IPAddress, port: int, index: int) -> tuple:
     # The kernel reads the scope id only where the address needs one (link-local unicast and multicast).
     return (_plain(address), port) if family == socket.AF_INET else (_plain(address), port, 0, index)
-
-
-def _dump_request(index: int, family: int) -> bytes:
-    request = ifaddrmsg()
-    request["family"], request["index"] = family, index
-    request["header"].update(type=RTM_GETADDR, flags=NLM_F_REQUEST | NLM_F_DUMP, sequence_number=1)
-    request.encode()
-    return bytes(request.data)
-
-
-def interface_addresses(index: int, family: int) -> list[tuple[IPAddress, IPNetwork]]:
-    """The bindable addresses of `family` on interface `index`, each with its on-link prefix.
-
-    One raw rtnetlink dump, which the kernel answers at once, so it may run on the
-    event loop; pyroute2's IPRoute may not (it runs an event loop of its own)."""
-    found = []
-    marshal = MarshalRtnl()
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE) as nl:
-        nl.settimeout(1.0)
-        nl.sendto(_dump_request(index, family), (0, 0))
-        while True:
-            for msg in marshal.parse(nl.recv(1 << 16)):
-                kind = msg["header"]["type"]
-                if kind == NLMSG_DONE:
-                    return found
-                if kind == NLMSG_ERROR and msg["header"]["error"] is not None:
-                    code = msg["header"]["error"].code
-                    raise OSError(code, os.strerror(code))
-                if (kind != RTM_NEWADDR or msg["family"] != family or msg["index"] != index
-                        or msg.get("IFA_FLAGS", msg["flags"]) & _UNUSABLE):
-                    continue
-                # On a point-to-point address IFA_ADDRESS is the far end and IFA_LOCAL our own.
-                far = msg.get("IFA_ADDRESS")
-                found.append((ip_address(msg.get("IFA_LOCAL") or far),
-                              ip_network(f"{far}/{msg['prefixlen']}", strict=False)))
-
-
-def local_address(peers: tuple[IPAddress, ...], addresses: list[tuple[IPAddress, IPNetwork]]) -> IPAddress | None:
-    """The address of ours that the peers send to: the first one whose prefix holds a peer (see the module)."""
-    for peer in peers:
-        for local, network in addresses:
-            if peer in network:
-                return local
-    return None
-
-
-def _bind_address(link: HeartbeatLink, family: socket.AddressFamily, index: int) -> IPAddress:
-    if link.group is not None:
-        return link.group
-    local = local_address(link.peers, interface_addresses(index, family))
-    if local is None:
-        version = 6 if family == socket.AF_INET6 else 4
-        raise OSError(f"no IPv{version} address on {link.interface} in the prefix of a peer")
-    return local
 
 
 def _set_receive_buffer(sock: socket.socket) -> None:
@@ -198,7 +136,7 @@ def _open_socket(link: HeartbeatLink, index: int) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xC0)
         else:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, 0xC0)
-        sock.bind(_sockaddr(family, _bind_address(link, family, index), link.port, index))
+        sock.bind(_sockaddr(family, bind_address(link, family, index), link.port, index))
         if link.group is not None:
             _join(sock, link.group, index)
         return sock

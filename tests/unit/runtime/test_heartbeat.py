@@ -18,7 +18,8 @@ import uvloop
 
 from agent.config import HeartbeatLink
 from agent.runtime import heartbeat
-from agent.runtime.heartbeat import GTSM_TTL, RECEIVE_BUFFER, HeartbeatPort, local_address
+from agent.runtime.heartbeat import GTSM_TTL, RECEIVE_BUFFER, HeartbeatPort
+from agent.runtime.ifaddr import interface_addresses, local_address
 
 FLOOD_LIMIT = 100_000
 FAMILIES = {"v4": (socket.AF_INET, "127.0.0.1"), "v6": (socket.AF_INET6, "::1")}
@@ -96,7 +97,7 @@ def test_a_peers_link_binds_the_address_in_the_prefix_of_a_peer(peers, addresses
 
 
 def test_the_address_dump_reads_the_loopback_addresses():
-    found = heartbeat.interface_addresses(socket.if_nametoindex("lo"), socket.AF_INET)
+    found = interface_addresses(socket.if_nametoindex("lo"), socket.AF_INET)
     assert (ip_address("127.0.0.1"), ip_network("127.0.0.0/8")) in found
     assert all(a.version == 4 for a, _ in found)
 
