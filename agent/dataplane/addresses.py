@@ -169,6 +169,9 @@ class AddressStep:
         self._leftovers = result.as_dict()
         return result
 
+    def refresh(self, blocks: Sequence[Block]) -> None:
+        """No lease here: routes and frames are fenced by the gate's."""
+
     def cancel(self, name: str) -> None:
         self._cancelled.add(name)
 

@@ -142,6 +142,9 @@ class AnnounceStep:
                 return
             await self._round(block, flag)
 
+    def refresh(self, blocks: Sequence[Block]) -> None:
+        """No lease here: routes and frames are fenced by the gate's."""
+
     def cancel(self, name: str) -> None:
         flag = self._cancel.pop(name, None)
         if flag is not None:

@@ -58,8 +58,8 @@ class StepResult:
 
 
 class DataplaneStep(Protocol):
-    """One kernel facility. Every method but `cancel` and `status` may block its
-    own worker; none may block the event loop."""
+    """One kernel facility. Every method but `refresh`, `cancel` and `status` may
+    block its own worker; none may block the event loop."""
 
     facility: str
     # The runner's operation ("take", "release", "adjust") -> the verb of its timed
@@ -81,6 +81,11 @@ class DataplaneStep(Protocol):
 
     async def remove_leftovers(self) -> StepResult:
         """Remove what a crashed run of the agent left in the kernel."""
+
+    def refresh(self, blocks: Sequence[Block]) -> None:
+        """Re-arm the kernel-side lease of these held blocks. Called on the event loop
+        at every advert, so the lease runs out exactly when the adverts stop: it must
+        cost well under a millisecond."""
 
     def cancel(self, name: str) -> None:
         """Stop work in progress for the block now; called on the event loop, must not block."""

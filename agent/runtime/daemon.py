@@ -49,7 +49,8 @@ class Daemon:
         self.history = History()
         self.notifier = Notifier()
         self.pump = CorePump(self.loop, node, self.history, stall_after=config.node.advert_interval,
-                             send=self._send, dispatch=self._dispatch, watchdog=self._ping_watchdog)
+                             send=self._send, dispatch=self._dispatch, watchdog=self._ping_watchdog,
+                             tick=lambda: self.runner.refresh())
         self.ports = {link.interface: HeartbeatPort(link, self.loop, self.pump.datagram, self._on_port)
                       for link in config.heartbeat}
         self.workers = {name: worker(name) for name in ("netlink", "announce", "config")}

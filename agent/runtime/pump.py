@@ -3,8 +3,8 @@
 Feed the core what happened, carry out what it produced, re-arm its one
 `loop.call_at`. Frames go out at once; every other action goes to the daemon's
 dispatcher. The timer's own lateness is the loop-stall measure the core uses to
-fence itself, and the only place the systemd watchdog is pinged from: if the
-adverts stop, so do the pings.
+fence itself, and the timer is the only place the systemd watchdog is pinged and
+the kernel-side leases are refreshed from: if the adverts stop, so do both.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ log = logging.getLogger("dpagent")
 class CorePump:
     def __init__(self, loop: asyncio.AbstractEventLoop, node: Node, history: History, *,
                  stall_after: float, send: Callable[[bytes], None], dispatch: Callable[[Action], None],
-                 watchdog: Callable[[float], None]) -> None:
+                 watchdog: Callable[[float], None], tick: Callable[[], None]) -> None:
         self.loop = loop
         self.node = node
         self._history = history
@@ -32,6 +32,7 @@ class CorePump:
         self._send = send
         self._dispatch = dispatch
         self._watchdog = watchdog
+        self._tick = tick
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: float | None = None
         self._last_send: float | None = None
@@ -101,4 +102,7 @@ class CorePump:
             self.process()
         finally:
             self._arm()
+        # After the core: a stall long enough to matter has fenced it by now, and a
+        # block it released is no longer refreshed.
+        self._tick()
         self._watchdog(now)

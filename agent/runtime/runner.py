@@ -89,6 +89,13 @@ class StepRunner:
     def announce(self, names: Sequence[str], transition: Transition) -> None:
         self._put("announce", [self.held[n] for n in names if n in self.held], transition)
 
+    def refresh(self) -> None:
+        """Re-arm every facility's lease for the blocks held and still wanted (on the loop)."""
+        blocks = [b for name, b in self.held.items() if name in self.wanted]
+        if blocks:
+            for step in self.steps.values():
+                step.refresh(blocks)
+
     def _put(self, kind: str, blocks: Sequence[Block], transition: Transition) -> None:
         """Queue a job; blocks of one state change arrive one action at a time and are
         merged into one job, so every block is serving before any is announced."""

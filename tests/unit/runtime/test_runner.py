@@ -55,6 +55,9 @@ class FakeStep:
     async def remove_leftovers(self) -> StepResult:
         return StepResult()
 
+    def refresh(self, blocks) -> None:
+        self.log.append((self.facility, "refresh", tuple(b.name for b in blocks)))
+
     def cancel(self, name: str) -> None:
         self.log.append((self.facility, "cancel", name))
 
@@ -274,3 +277,22 @@ def test_idle_repair_rounds_put_back_and_count_what_someone_removed(monkeypatch)
     assert runner.repairs == {"a": 1}
     # Nothing held any more: the rounds that follow repair nothing.
     assert not [entry for entry in log if entry[1] == "repair"]
+
+
+def test_refresh_re_arms_the_leases_of_blocks_held_and_wanted_only():
+    async def scenario():
+        log: list = []
+        runner, history, _, _ = await holding_a(log)
+        runner.refresh()
+        refreshed = list(log)
+        log.clear()
+        runner.release(["a"], history.begin("MASTER", "BACKUP", "down"))
+        runner.refresh()
+        assert await runner.drain(5)
+        runner.refresh()
+        runner.close()
+        return refreshed, log
+
+    refreshed, after = run(scenario())
+    assert refreshed == [("announce", "refresh", ("a",)), ("addresses", "refresh", ("a",))]
+    assert not [entry for entry in after if entry[1] == "refresh"]
