@@ -1,0 +1,354 @@
+"""The gate: a block is served by this node only while its lease in nftables holds.
+
+`prepare` loads every block's gate closed (agent.core.ruleset describes it);
+`take` opens it by adding the block's lease elements with a timeout of one dead
+interval, and the runtime's advert timer keeps them alive with `refresh`. An
+agent that dies or hangs stops refreshing, the kernel lets the elements expire,
+and the node stops answering ARP / NDP and accepting traffic for the block by
+itself, while the peer takes over. Every change is one libnftables transaction,
+so one the kernel rejects leaves table dpagent as it was; its error text becomes
+the step's problem.
+
+Lease work (take, release, refresh: a fraction of a millisecond each) can run on
+an executor of its own, so that a refresh never waits behind a bulk load (a
+block of 65,536 loose addresses takes ~0.5 s of libnftables time) and the leases
+of held blocks do not run out during a reload. Each thread has its own
+libnftables context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+
+import nftables
+
+from agent.config import Block
+from agent.core import ruleset
+from agent.dataplane.step import StepResult
+
+log = logging.getLogger("dpagent.gate")
+
+# libnftables' error text repeats the command for every error; keep a status readable.
+PROBLEM_MAX = 1000
+
+
+def _problem(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    joined = " | ".join(lines) or "rejected without a message"
+    return joined if len(joined) <= PROBLEM_MAX else joined[: PROBLEM_MAX - 3] + "..."
+
+
+class Gate:
+    """Blocking libnftables work. `loaded` is what the kernel holds of each block's gate
+    after the last transaction that succeeded; `open` the blocks taken and not released."""
+
+    def __init__(self, lease: float) -> None:
+        ruleset.lease_ms(lease)
+        self.lease = lease
+        self._local = threading.local()
+        self._prepared = False
+        self._configured: set[str] = set()
+        self.loaded: dict[str, Block] = {}
+        self.open: set[str] = set()
+        self.problems: dict[str, str] = {}
+        self.armed_at: dict[str, float] = {}
+        self.refreshes = {"count": 0, "failed": 0, "last_s": 0.0, "max_s": 0.0}
+
+    # --- libnftables ---------------------------------------------------------------------
+
+    def _nft(self) -> nftables.Nftables:
+        """One context per thread: a context is not safe to share between threads."""
+        context = getattr(self._local, "nft", None)
+        if context is None:
+            context = self._local.nft = nftables.Nftables()
+        return context
+
+    def _json(self, commands: list[dict]) -> str | None:
+        """Apply commands in one transaction; None, or libnftables' error text."""
+        rc, _output, error = self._nft().json_cmd(ruleset.document(commands))
+        return None if rc == 0 else _problem(error)
+
+    def _text(self, text: str) -> str | None:
+        rc, _output, error = self._nft().cmd(text)
+        return None if rc == 0 else _problem(error)
+
+    @staticmethod
+    def _timed(work: Callable[[StepResult], None]) -> StepResult:
+        """Run `work`; input that cannot become a ruleset is a problem, not a crash."""
+        started = time.perf_counter()
+        result = StepResult()
+        try:
+            work(result)
+        except (ValueError, TypeError, AttributeError) as exc:
+            result.problem = f"bad input: {exc}"
+        result.seconds = time.perf_counter() - started
+        return result
+
+    # --- bulk work: members --------------------------------------------------------------
+
+    def prepare(self, blocks: Sequence[Block]) -> dict[str, str]:
+        """Load, closed, the gate of every configured block that is not open (an open block
+        changes by `adjust` alone) and drop those of blocks no longer configured unless open
+        (their release does). The first call also removes whatever an earlier run left.
+        All in one transaction; if it is rejected, block by block, so that one bad block
+        keeps no other out. Returns each failed block's problem."""
+        self._configured = {str(b.name) for b in blocks}
+        problems: dict[str, str] = {}
+        parts: list[tuple[str, Block | None, list[dict]]] = []
+        for name in [n for n in self.loaded if n not in self._configured and n not in self.open]:
+            parts.append((name, None, ruleset.remove_block(name)))
+        for block in blocks:
+            if block.name in self.open or not self._changed(block):
+                continue
+            try:
+                parts.append((block.name, block, ruleset.rebuild(block)))
+            except (ValueError, TypeError, AttributeError) as exc:
+                problems[str(block.name)] = f"bad input: {exc}"
+        head = [] if self._prepared else ruleset.delete_tables()
+        if self._json(head + [c for _name, _block, commands in parts for c in commands]) is None:
+            self._prepared = True
+            for name, block, _commands in parts:
+                self._record(name, block)
+        else:
+            problem = self._json(head) if head else None
+            if problem is not None:
+                self.problems = {str(b.name): problem for b in blocks}
+                return self.problems
+            self._prepared = True
+            for name, block, commands in parts:
+                problem = self._json(commands)
+                if problem is None:
+                    self._record(name, block)
+                else:
+                    problems[name] = problem
+        self.problems = problems
+        return problems
+
+    def _changed(self, block: Block) -> bool:
+        loaded = self.loaded.get(block.name)
+        return loaded is None or ruleset.members(loaded) != ruleset.members(block)
+
+    def _record(self, name: str, block: Block | None) -> None:
+        if block is None:
+            self.loaded.pop(name, None)
+        else:
+            self.loaded[name] = block
+
+    def adjust(self, old: Block, new: Block) -> StepResult:
+        """Only the difference, in one transaction; a block whose gate never loaded is built."""
+        def work(result: StepResult) -> None:
+            base = self.loaded.get(new.name)
+            if base is None:
+                self._restore(result, new)
+                return
+            before, after = ruleset.members(base), ruleset.members(new)
+            commands = ruleset.member_changes(new.name, before, after)
+            result.problem = self._json(commands) if commands else None
+            if result.problem is None:
+                result.applied = ruleset.changed(before, after)
+                self.loaded[new.name] = new
+        return self._timed(work)
+
+    def restore(self, block: Block) -> StepResult:
+        """Rebuild a block's gate that someone broke (and open it again if it is open)."""
+        return self._timed(lambda result: self._restore(result, block))
+
+    def _restore(self, result: StepResult, block: Block) -> None:
+        """Rebuild and, if open, arm: two transactions, so an open block is closed between
+        them for a moment (JSON cannot carry a lease shorter than a second)."""
+        result.problem = self._json(ruleset.rebuild(block))
+        if result.problem is not None:
+            return
+        self.loaded[block.name] = block
+        self.problems.pop(block.name, None)
+        result.applied = 1
+        result.detail["rebuilt"] = block.name
+        if block.name in self.open:
+            result.problem = self._arm([block.name])
+
+    def repair(self, block: Block) -> StepResult:
+        """Rebuild the gate of a block whose chains or rules are gone (`nft flush ruleset`
+        by the operator's firewall script, say). Listing a chain makes libnftables fetch
+        the sets it uses: ~0.15 s for 65,536 loose addresses, run behind the leases."""
+        def work(result: StepResult) -> None:
+            for (family, chain), rules in ruleset.rule_counts(block.name).items():
+                rc, output, _error = self._nft().json_cmd(ruleset.document([ruleset.list_chain(family, chain)]))
+                if rc != 0 or ruleset.rules_in(output) != rules:
+                    self._restore(result, self.loaded.get(block.name, block))
+                    return
+        return self._timed(work)
+
+    def remove_leftovers(self) -> StepResult:
+        """Delete both tables dpagent, unless this run has prepared them: prepare's first
+        transaction already replaced what an earlier run left."""
+        def work(result: StepResult) -> None:
+            if self._prepared:
+                result.detail["skipped"] = "prepared: prepare replaced what an earlier run left"
+                return
+            rc, output, error = self._nft().json_cmd(ruleset.document([ruleset.LIST_TABLES]))
+            if rc != 0:
+                result.problem = _problem(error)
+                return
+            present = ruleset.our_tables(output)
+            result.problem = self._json(ruleset.delete_tables()) if present else None
+            result.applied = 0 if result.problem else len(present)
+        return self._timed(work)
+
+    # --- lease work ------------------------------------------------------------------------
+
+    def _arm(self, names: list[str]) -> str | None:
+        """One lease from now for each of these blocks, in one transaction."""
+        problem = self._text(ruleset.arm(names, self.lease))
+        if problem is None:
+            now = time.monotonic()
+            self.armed_at.update((name, now) for name in names)
+        return problem
+
+    def take(self, block: Block) -> StepResult:
+        def work(result: StepResult) -> None:
+            self.open.add(block.name)
+            if block.name not in self.loaded:
+                why = self.problems.get(block.name, "not prepared")
+                result.problem = f"block {block.name} has no gate: {why}"
+                return
+            result.problem = self._arm([block.name])
+            result.applied = result.problem is None
+        return self._timed(work)
+
+    def release(self, block: Block) -> StepResult:
+        """Close the gate now; a block no longer configured also loses its sets and chains,
+        so that its addresses are free for the block they may have moved to."""
+        def work(result: StepResult) -> None:
+            self.open.discard(block.name)
+            self.armed_at.pop(block.name, None)
+            if block.name not in self.loaded:
+                return
+            result.problem = self._text(ruleset.disarm([block.name], self.lease))
+            if result.problem is not None:
+                # No lease set: the gate is broken; a rebuilt one is closed.
+                self._restore(result, self.loaded[block.name])
+                return
+            result.applied = 1
+            if block.name not in self._configured:
+                result.problem = self._json(ruleset.remove_block(block.name))
+                if result.problem is None:
+                    del self.loaded[block.name]
+        return self._timed(work)
+
+    def refresh(self, blocks: Sequence[Block]) -> StepResult:
+        """Re-arm the lease of every open block among these, in one transaction. If it is
+        rejected, block by block, so that one broken gate never lets the others' leases
+        run out; the names of the broken ones are in detail["broken"]."""
+        def work(result: StepResult) -> None:
+            names = [b.name for b in blocks if b.name in self.open and b.name in self.loaded]
+            if not names:
+                return
+            result.problem = self._arm(names)
+            if result.problem is None:
+                result.applied = len(names)
+                return
+            broken = [name for name in names if self._arm([name]) is not None]
+            result.applied = len(names) - len(broken)
+            result.detail["broken"] = broken
+            if not broken:
+                result.problem = None
+        result = self._timed(work)
+        self.refreshes["count"] += 1
+        self.refreshes["failed"] += result.problem is not None
+        self.refreshes["last_s"] = result.seconds
+        self.refreshes["max_s"] = max(self.refreshes["max_s"], result.seconds)
+        return result
+
+    def leases(self, names: Sequence[str]) -> dict[str, float | None]:
+        """The kernel's view: seconds until each block's lease runs out, None when closed."""
+        left: dict[str, float | None] = {}
+        for name in names:
+            found = []
+            for family in ruleset.FAMILIES:
+                rc, listing, _error = self._nft().cmd(ruleset.list_lease(family, name))
+                found.append(ruleset.lease_left(family, listing) if rc == 0 else None)
+            left[name] = None if None in found else min(found)
+        return left
+
+
+class NftStep:
+    """The gate as a dataplane step. Bulk work runs in `worker`; take, release and
+    refresh in `leases` when given (a thread of their own: see the module docstring)."""
+
+    facility = "gate"
+    verbs = {"take": "open-gate", "release": "close-gate", "adjust": "gate-sets"}
+
+    def __init__(self, worker: Executor, lease: float, leases: Executor | None = None) -> None:
+        self._worker = worker
+        self._leases = leases or worker
+        self._gate = Gate(lease)
+        self._leftovers: dict = {}
+
+    async def _run(self, executor: Executor, func, *args):
+        return await asyncio.get_running_loop().run_in_executor(executor, func, *args)
+
+    async def prepare(self, blocks: Sequence[Block]) -> None:
+        problems = await self._run(self._worker, self._gate.prepare, tuple(blocks))
+        for name, problem in problems.items():
+            log.error("gate of block %s not loaded: %s", name, problem)
+
+    async def take(self, block: Block) -> StepResult:
+        return await self._run(self._leases, self._gate.take, block)
+
+    async def release(self, block: Block) -> StepResult:
+        return await self._run(self._leases, self._gate.release, block)
+
+    async def adjust(self, old: Block, new: Block) -> StepResult:
+        return await self._run(self._worker, self._gate.adjust, old, new)
+
+    async def repair(self, block: Block) -> StepResult:
+        return await self._run(self._worker, self._gate.repair, block)
+
+    async def refresh(self, blocks: Sequence[Block]) -> None:
+        """Re-arm the lease of every block held among `blocks`; called on every advert timer.
+        A gate found broken is rebuilt behind the leases of the others."""
+        result = await self._run(self._leases, self._gate.refresh, tuple(blocks))
+        if result.problem is None:
+            return
+        log.error("gate lease refresh failed: %s", result.problem)
+        for block in blocks:
+            if block.name in result.detail.get("broken", ()):
+                restored = await self._run(self._worker, self._gate.restore, block)
+                if restored.problem is not None:
+                    log.error("gate of block %s could not be rebuilt: %s", block.name, restored.problem)
+
+    async def leases(self) -> dict[str, float | None]:
+        """Seconds left of each loaded block's lease as the kernel has it (None: closed)."""
+        return await self._run(self._leases, self._gate.leases, tuple(self._gate.loaded))
+
+    async def remove_leftovers(self) -> StepResult:
+        result = await self._run(self._worker, self._gate.remove_leftovers)
+        self._leftovers = result.as_dict()
+        return result
+
+    def cancel(self, name: str) -> None:
+        """Nothing to stop: every gate change is one transaction."""
+
+    def status(self) -> dict:
+        """The gate as this agent last set it; `leases()` asks the kernel."""
+        gate = self._gate
+        now = time.monotonic()
+        armed, opened = gate.armed_at.copy(), set(gate.open)
+        return {
+            "lease_s": gate.lease,
+            "blocks": {name: {"open": name in opened,
+                              "expires_in_s": round(max(0.0, armed[name] + gate.lease - now), 3)
+                              if name in opened and name in armed else None}
+                       for name in sorted(set(gate.loaded) | opened)},
+            "problems": gate.problems.copy(),
+            "refresh": gate.refreshes.copy(),
+            "leftovers_removed": self._leftovers,
+        }
+
+    async def close(self) -> None:
+        """Nothing to release: the contexts go with their threads' locals."""
