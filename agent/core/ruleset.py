@@ -1,4 +1,4 @@
-"""The gate's nftables ruleset: libnftables JSON commands as plain dicts, and the lease commands as text.
+"""The gate's nftables ruleset: libnftables JSON commands as plain dicts, and the lease as nfnetlink messages.
 
 A block is served only while its lease holds. Per block, table `inet dpagent`
 and table `arp dpagent` (the ARP hook exists only in the arp family, and a rule
@@ -20,16 +20,17 @@ B's lease set holds those values while B is open. Chains and sets named after
 the block are created and deleted by name, so a block comes and goes in one
 transaction without rule handles.
 
-Leases are text commands, not JSON: libnftables 1.0.6 reads JSON timeouts as
-whole seconds and silently drops a fractional one (an element that never
-expires); dead intervals are often below a second. A plain re-add does not
-refresh an element's expiry; `timeout T expires T` does.
+The bulk (sets, chains, rules, member deltas) is libnftables JSON, one
+transaction per change. The lease elements are nfnetlink messages built here
+(see "lease messages" below for why): arming sets `timeout T expires T`, which
+is what refreshes an existing element (a plain re-add does not).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -38,12 +39,13 @@ from agent.core.reload import BlockLike
 
 TABLE = "dpagent"
 FAMILIES = ("inet", "arp")
-# Block names become parts of nft identifiers, also in text commands.
+# Block names become parts of nft identifiers; the rest of the name is ours.
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # raw: before conntrack (-200), so a closed gate makes no conntrack entries.
 PRIORITY_RAW = -300
-# What each table's lease set holds while the block is open, and the key it is looked up by.
-LEASE_KEYS = {"inet": ("nf_proto", "nfproto", ("ipv4", "ipv6")), "arp": ("ether_type", "protocol", ("arp",))}
+# Each table's lease set: its key type, and the packet's meta key it is looked up by. While
+# the block is open it holds ipv4 and ipv6 (inet) or arp (arp): LEASE_KEY_BYTES below.
+LEASE_KEYS = {"inet": ("nf_proto", "nfproto"), "arp": ("ether_type", "protocol")}
 KINDS = ("addr4", "net4", "addr6", "net6")
 
 
@@ -147,7 +149,7 @@ def _match(left: dict, right: object, op: str = "==") -> dict:
 
 def _rules(family: str, block: str) -> list[dict]:
     """(chain, expressions) of every rule of the block in one table."""
-    _type, key, _values = LEASE_KEYS[family]
+    _type, key = LEASE_KEYS[family]
     unleased = _match({"meta": {"key": key}}, f"@{set_name('lease', block)}", "!=")
     local = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
     nd = _match(_payload("icmpv6", "type"), {"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]})
@@ -258,7 +260,34 @@ def _order(value: IPv4Address | IPv6Address | IPv4Network | IPv6Network) -> tupl
     return (int(value.network_address), value.prefixlen) if hasattr(value, "prefixlen") else (int(value), 0)
 
 
-# --- lease commands (text) -----------------------------------------------------------------
+# --- lease messages (nfnetlink) --------------------------------------------------------------
+#
+# The leases bypass libnftables: for every `add element`, libnftables 1.0.6 fetches the
+# elements of every interval set in the ruleset, the operator's too (one 65,536-range
+# blocklist elsewhere made a refresh cost 0.4-0.7 s here). These messages cost the same
+# whatever else the ruleset holds, and they carry milliseconds, where JSON carries whole
+# seconds and silently drops a fractional timeout (an element that never expires).
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_NFTABLES = 10
+NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
+NFT_MSG_GETRULE, NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM, NFT_MSG_DELSETELEM = 7, 12, 13, 14
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP, NLM_F_CREATE = 0x1, 0x2, 0x4, 0x300, 0x400
+NLA_F_NESTED = 0x8000
+NLA_TYPE_MASK = 0x3FFF
+NFTA_RULE_TABLE, NFTA_RULE_CHAIN = 1, 2
+NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+NFTA_LIST_ELEM = 1
+NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_TIMEOUT, NFTA_SET_ELEM_EXPIRATION = 1, 4, 5
+NFTA_DATA_VALUE = 1
+NFPROTO = {"inet": 1, "arp": 3}
+# The lease elements' keys as the kernel stores them (nf_proto: 1 byte; ether_type: 2, big-endian).
+LEASE_KEY_BYTES = {"inet": (b"\x02", b"\x0a"), "arp": (b"\x08\x06",)}
+
+_NLMSGHDR = struct.Struct("=IHHII")
+_ATTR = struct.Struct("=HH")
+_ERROR = struct.Struct("=i")
 
 
 def lease_ms(seconds: float) -> int:
@@ -267,40 +296,127 @@ def lease_ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def _lease_elements(family: str, name: str, ms: int, verb: str = "add") -> str:
-    values = LEASE_KEYS[family][2]
-    timed = ", ".join(f"{v} timeout {ms}ms expires {ms}ms" if verb == "add" else v for v in values)
-    return f"{verb} element {family} {TABLE} {set_name('lease', check_name(name))} {{ {timed} }}"
+def _attr(kind: int, payload: bytes) -> bytes:
+    return _ATTR.pack(_ATTR.size + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
 
 
-def arm(names: Sequence[str], lease: float) -> str:
-    """Open (or keep open) these blocks for one lease from now: one transaction."""
+def _nest(kind: int, *attrs: bytes) -> bytes:
+    return _attr(kind | NLA_F_NESTED, b"".join(attrs))
+
+
+def _string(kind: int, text: str) -> bytes:
+    return _attr(kind, text.encode() + b"\0")
+
+
+def _message(kind: int, flags: int, seq: int, family: int, attrs: bytes, res_id: int = 0) -> bytes:
+    body = struct.pack("=BB", family, 0) + struct.pack("!H", res_id) + attrs
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | flags, seq, 0) + body
+
+
+def _lease_list(family: str, name: str, ms: int | None) -> bytes:
+    """The lease set's list attributes: every key of the family's lease, timed when `ms`."""
+    timed = b"" if ms is None else (_attr(NFTA_SET_ELEM_TIMEOUT, struct.pack("!Q", ms))
+                                    + _attr(NFTA_SET_ELEM_EXPIRATION, struct.pack("!Q", ms)))
+    items = b"".join(_nest(NFTA_LIST_ELEM, _nest(NFTA_SET_ELEM_KEY, _attr(NFTA_DATA_VALUE, key)), timed)
+                     for key in LEASE_KEY_BYTES[family])
+    return (_string(NFTA_SET_ELEM_LIST_TABLE, TABLE) + _string(NFTA_SET_ELEM_LIST_SET, set_name("lease", name))
+            + _nest(NFTA_SET_ELEM_LIST_ELEMENTS, items))
+
+
+def lease_batch(names: Sequence[str], lease: float, seq: int, *, close: bool = False) -> tuple[bytes, dict[int, str]]:
+    """One transaction that arms (one lease from now; on an existing element, `timeout`
+    with `expires` is what refreshes it) or, with `close`, arms and then deletes the lease
+    elements of these blocks; arming first makes the delete find its element also when
+    the lease had run out. Sequence numbers start at `seq`. Returns the batch and, for
+    each message that must be acked, its sequence number and what it does."""
     ms = lease_ms(lease)
-    return "\n".join(_lease_elements(family, name, ms) for name in names for family in FAMILIES)
+    parts = [_message(NFNL_MSG_BATCH_BEGIN, 0, seq, 0, b"", NFNL_SUBSYS_NFTABLES)]
+    acked: dict[int, str] = {}
+    steps = [("add", NFT_MSG_NEWSETELEM, NLM_F_CREATE, ms)] + ([("delete", NFT_MSG_DELSETELEM, 0, None)] if close else [])
+    for name in names:
+        check_name(name)
+        for family in FAMILIES:
+            for verb, kind, flags, timed in steps:
+                seq += 1
+                acked[seq] = f"{verb} element {family} {TABLE} {set_name('lease', name)}"
+                parts.append(_message(NFNL_SUBSYS_NFTABLES << 8 | kind, flags | NLM_F_ACK, seq, NFPROTO[family],
+                                      _lease_list(family, name, timed)))
+    parts.append(_message(NFNL_MSG_BATCH_END, 0, seq + 1, 0, b"", NFNL_SUBSYS_NFTABLES))
+    return b"".join(parts), acked
 
 
-def disarm(names: Sequence[str], lease: float) -> str:
-    """Close these blocks now. Arming first makes the delete find its element, also when
-    the lease had run out or was about to between the two."""
-    ms = lease_ms(lease)
-    return "\n".join(_lease_elements(family, name, ms, verb) for name in names for family in FAMILIES
-                     for verb in ("add", "delete"))
+def lease_dump(family: str, name: str, seq: int) -> bytes:
+    attrs = _string(NFTA_SET_ELEM_LIST_TABLE, TABLE) + _string(NFTA_SET_ELEM_LIST_SET, set_name("lease", name))
+    return _message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETSETELEM, NLM_F_DUMP, seq, NFPROTO[family], attrs)
 
 
-def list_lease(family: str, name: str) -> str:
-    """One set per command: libnftables 1.0.6 lists only the last of several `list set`s."""
-    return f"list set {family} {TABLE} {set_name('lease', check_name(name))}"
+def rule_dump(family: str, seq: int) -> bytes:
+    """Our table's rules only: the kernel filters the dump, nothing of other tables is read."""
+    return _message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETRULE, NLM_F_DUMP, seq, NFPROTO[family],
+                    _string(NFTA_RULE_TABLE, TABLE))
 
 
-_EXPIRES = re.compile(r"expires ((?:\d+(?:ms|d|h|m|s))+)")
-_PART = re.compile(r"(\d+)(ms|d|h|m|s)")
-_UNIT = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+@dataclass(frozen=True)
+class Reply:
+    kind: int
+    seq: int
+    error: int | None  # for NLMSG_ERROR: 0 is an ack, else a negative errno
+    attrs: bytes  # after the nfgenmsg header
 
 
-def lease_left(family: str, listing: str) -> float | None:
-    """Seconds until the first element of a listed lease set expires; None unless every
-    element the family's lease needs is there."""
-    found = [sum(int(n) * _UNIT[u] for n, u in _PART.findall(m)) for m in _EXPIRES.findall(listing)]
-    if len(found) < len(LEASE_KEYS[family][2]):
-        return None
-    return min(found)
+def replies(data: bytes) -> list[Reply]:
+    """The netlink messages in one datagram (truncated ones dropped)."""
+    out, offset = [], 0
+    while offset + _NLMSGHDR.size <= len(data):
+        length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+        if length < _NLMSGHDR.size or offset + length > len(data):
+            break
+        body = data[offset + _NLMSGHDR.size: offset + length]
+        if kind == NLMSG_ERROR:
+            (error,) = _ERROR.unpack_from(body)
+            # An error carries the request's header, whose sequence number it answers.
+            out.append(Reply(kind, _NLMSGHDR.unpack_from(body, 4)[3], error, b""))
+        else:
+            out.append(Reply(kind, seq, None, body[4:]))
+        offset += (length + 3) & ~3
+    return out
+
+
+def _attrs(data: bytes) -> list[tuple[int, bytes]]:
+    out, offset = [], 0
+    while offset + _ATTR.size <= len(data):
+        length, kind = _ATTR.unpack_from(data, offset)
+        if length < _ATTR.size:
+            break
+        out.append((kind & NLA_TYPE_MASK, data[offset + _ATTR.size: offset + length]))
+        offset += (length + 3) & ~3
+    return out
+
+
+def rule_chain(attrs: bytes) -> str | None:
+    """The chain a dumped rule belongs to."""
+    for kind, value in _attrs(attrs):
+        if kind == NFTA_RULE_CHAIN:
+            return value.rstrip(b"\0").decode(errors="replace")
+    return None
+
+
+def lease_expirations(attrs: bytes) -> dict[bytes, float]:
+    """Key -> seconds until it expires, of the elements in one dumped set-element message."""
+    found: dict[bytes, float] = {}
+    for kind, value in _attrs(attrs):
+        if kind != NFTA_SET_ELEM_LIST_ELEMENTS:
+            continue
+        for _elem, element in _attrs(value):
+            fields = dict(_attrs(element))
+            key = dict(_attrs(fields.get(NFTA_SET_ELEM_KEY, b""))).get(NFTA_DATA_VALUE)
+            expires = fields.get(NFTA_SET_ELEM_EXPIRATION)
+            if key is not None and expires is not None and len(expires) == 8:
+                found[key] = struct.unpack("!Q", expires)[0] / 1000
+    return found
+
+
+def lease_left(family: str, expirations: dict[bytes, float]) -> float | None:
+    """Seconds until the family's lease runs out; None unless every key of it is there."""
+    keys = LEASE_KEY_BYTES[family]
+    return min(expirations[k] for k in keys) if all(k in expirations for k in keys) else None

@@ -5,21 +5,26 @@
 interval, and the runtime's advert timer keeps them alive with `refresh`. An
 agent that dies or hangs stops refreshing, the kernel lets the elements expire,
 and the node stops answering ARP / NDP and accepting traffic for the block by
-itself, while the peer takes over. Every change is one libnftables transaction,
-so one the kernel rejects leaves table dpagent as it was; its error text becomes
-the step's problem.
+itself, while the peer takes over. Every change is one transaction, so one the
+kernel rejects leaves table dpagent as it was; its error text (libnftables',
+or the errno of a lease message) becomes the step's problem.
 
-Lease work (take, release, refresh: a fraction of a millisecond each) can run on
-an executor of its own, so that a refresh never waits behind a bulk load (a
-block of 65,536 loose addresses takes ~0.5 s of libnftables time) and the leases
-of held blocks do not run out during a reload. Each thread has its own
-libnftables context.
+Bulk work (sets, chains, rules) goes through libnftables JSON; the leases go
+straight to the kernel as nfnetlink messages, whose cost does not depend on the
+rest of the ruleset. Lease work (take, release, refresh: a fraction of a
+millisecond each) can run on an executor of its own, so that a refresh never
+waits behind a bulk load (65,536 loose addresses take ~0.5 s of libnftables
+time) and held blocks keep their leases during a reload. Each thread has its
+own libnftables context and netlink socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +40,66 @@ log = logging.getLogger("dpagent.gate")
 
 # libnftables' error text repeats the command for every error; keep a status readable.
 PROBLEM_MAX = 1000
+
+
+# The kernel answers a batch before send() returns; this only bounds a lost reply.
+REPLY_TIMEOUT = 5.0
+RECEIVE_BUFFER = 1 << 20
+
+
+def _errno_text(code: int) -> str:
+    return f"{errno.errorcode.get(code, str(code))} ({os.strerror(code)})"
+
+
+class LeaseSocket:
+    """A NETLINK_NETFILTER socket for core.ruleset's lease messages, for one thread."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, ruleset.NETLINK_NETFILTER)
+        self._sock.bind((0, 0))
+        self._sock.settimeout(REPLY_TIMEOUT)
+        self._seq = 0
+
+    def _replies(self, wanted: set[int], until_done: bool) -> tuple[list[ruleset.Reply], str | None]:
+        """Replies to our sequence numbers: until each in `wanted` is acked, or, for a dump,
+        until it is done. Replies to an earlier request that timed out are skipped."""
+        got: list[ruleset.Reply] = []
+        pending = set(wanted)
+        while pending:
+            try:
+                data = self._sock.recv(RECEIVE_BUFFER)
+            except TimeoutError:
+                return got, f"no reply from the kernel within {REPLY_TIMEOUT:.0f} s"
+            for reply in ruleset.replies(data):
+                if reply.seq not in wanted:
+                    continue
+                got.append(reply)
+                if reply.kind == ruleset.NLMSG_ERROR or (until_done and reply.kind == ruleset.NLMSG_DONE):
+                    pending.discard(reply.seq)
+        return got, None
+
+    def lease(self, names: list[str], lease: float, close: bool = False) -> str | None:
+        """Arm (or close) these blocks' leases in one transaction; None, or what failed."""
+        data, acked = ruleset.lease_batch(names, lease, self._seq + 1, close=close)
+        self._seq += len(acked) + 2
+        self._sock.send(data)
+        got, problem = self._replies(set(acked), until_done=False)
+        # The kernel acks every message of a failed batch, the rolled-back ones with 0.
+        failed = [f"{acked[r.seq]}: {_errno_text(-r.error)}" for r in got if r.error]
+        return "; ".join(failed) or problem
+
+    def dump(self, request: Callable[[int], bytes]) -> tuple[list[ruleset.Reply], str | None]:
+        """The messages of one dump (`request(seq)` builds it); an error ends it."""
+        self._seq += 1
+        seq = self._seq
+        self._sock.send(request(seq))
+        got, problem = self._replies({seq}, until_done=True)
+        errors = [r.error for r in got if r.kind == ruleset.NLMSG_ERROR and r.error]
+        return [r for r in got if r.kind not in (ruleset.NLMSG_ERROR, ruleset.NLMSG_DONE)], (
+            _errno_text(-errors[0]) if errors else problem)
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 def _problem(text: str) -> str:
@@ -68,13 +133,15 @@ class Gate:
             context = self._local.nft = nftables.Nftables()
         return context
 
+    def _netlink(self) -> LeaseSocket:
+        sock = getattr(self._local, "netlink", None)
+        if sock is None:
+            sock = self._local.netlink = LeaseSocket()
+        return sock
+
     def _json(self, commands: list[dict]) -> str | None:
         """Apply commands in one transaction; None, or libnftables' error text."""
         rc, _output, error = self._nft().json_cmd(ruleset.document(commands))
-        return None if rc == 0 else _problem(error)
-
-    def _text(self, text: str) -> str | None:
-        rc, _output, error = self._nft().cmd(text)
         return None if rc == 0 else _problem(error)
 
     @staticmethod
@@ -86,6 +153,8 @@ class Gate:
             work(result)
         except (ValueError, TypeError, AttributeError) as exc:
             result.problem = f"bad input: {exc}"
+        except OSError as exc:
+            result.problem = f"netlink: {exc}"
         result.seconds = time.perf_counter() - started
         return result
 
@@ -173,14 +242,21 @@ class Gate:
 
     def repair(self, block: Block) -> StepResult:
         """Rebuild the gate of a block whose chains or rules are gone (`nft flush ruleset`
-        by the operator's firewall script, say). Listing a chain makes libnftables fetch
-        the sets it uses: ~0.15 s for 65,536 loose addresses, run behind the leases."""
+        by the operator's firewall script, say). The rules are counted from a netlink dump
+        of table dpagent's rules (libnftables would fetch every interval set's elements)."""
         def work(result: StepResult) -> None:
-            for (family, chain), rules in ruleset.rule_counts(block.name).items():
-                rc, output, _error = self._nft().json_cmd(ruleset.document([ruleset.list_chain(family, chain)]))
-                if rc != 0 or ruleset.rules_in(output) != rules:
-                    self._restore(result, self.loaded.get(block.name, block))
+            counted: dict[tuple[str, str], int] = {}
+            for family in ruleset.FAMILIES:
+                rules, problem = self._netlink().dump(lambda seq: ruleset.rule_dump(family, seq))
+                if problem is not None and not problem.startswith("ENOENT"):
+                    result.problem = problem
                     return
+                for rule in rules:
+                    key = (family, ruleset.rule_chain(rule.attrs))
+                    counted[key] = counted.get(key, 0) + 1
+            wanted = ruleset.rule_counts(block.name)
+            if any(counted.get(key, 0) != count for key, count in wanted.items()):
+                self._restore(result, self.loaded.get(block.name, block))
         return self._timed(work)
 
     def remove_leftovers(self) -> StepResult:
@@ -203,7 +279,7 @@ class Gate:
 
     def _arm(self, names: list[str]) -> str | None:
         """One lease from now for each of these blocks, in one transaction."""
-        problem = self._text(ruleset.arm(names, self.lease))
+        problem = self._netlink().lease(names, self.lease)
         if problem is None:
             now = time.monotonic()
             self.armed_at.update((name, now) for name in names)
@@ -217,7 +293,7 @@ class Gate:
                 result.problem = f"block {block.name} has no gate: {why}"
                 return
             result.problem = self._arm([block.name])
-            result.applied = result.problem is None
+            result.applied = int(result.problem is None)
         return self._timed(work)
 
     def release(self, block: Block) -> StepResult:
@@ -228,7 +304,7 @@ class Gate:
             self.armed_at.pop(block.name, None)
             if block.name not in self.loaded:
                 return
-            result.problem = self._text(ruleset.disarm([block.name], self.lease))
+            result.problem = self._netlink().lease([block.name], self.lease, close=True)
             if result.problem is not None:
                 # No lease set: the gate is broken; a rebuilt one is closed.
                 self._restore(result, self.loaded[block.name])
@@ -270,10 +346,20 @@ class Gate:
         for name in names:
             found = []
             for family in ruleset.FAMILIES:
-                rc, listing, _error = self._nft().cmd(ruleset.list_lease(family, name))
-                found.append(ruleset.lease_left(family, listing) if rc == 0 else None)
+                replies, problem = self._netlink().dump(lambda seq: ruleset.lease_dump(family, name, seq))
+                expirations: dict[bytes, float] = {}
+                for reply in replies:
+                    expirations |= ruleset.lease_expirations(reply.attrs)
+                found.append(None if problem else ruleset.lease_left(family, expirations))
             left[name] = None if None in found else min(found)
         return left
+
+    def close(self) -> None:
+        """Close this thread's netlink socket; its libnftables context goes with the thread."""
+        sock = getattr(self._local, "netlink", None)
+        if sock is not None:
+            sock.close()
+            self._local.netlink = None
 
 
 class NftStep:
@@ -351,4 +437,5 @@ class NftStep:
         }
 
     async def close(self) -> None:
-        """Nothing to release: the contexts go with their threads' locals."""
+        for executor in {id(e): e for e in (self._worker, self._leases)}.values():
+            await self._run(executor, self._gate.close)

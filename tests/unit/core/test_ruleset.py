@@ -3,32 +3,23 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import struct
 from ipaddress import ip_address, ip_network
 
 import pytest
 
+from agent.config import Block
 from agent.core import ruleset
 
 
-@dataclass(frozen=True)
-class B:
-    name: str
-    interface: str = "eth1"
-    prefixes: tuple = ()
-    addresses: tuple = ()
+def block(name: object, *members: str) -> Block:
+    """Members as text: with a '/' a prefix, without one a loose address."""
+    return Block(name, "eth1", tuple(ip_network(m) for m in members if "/" in m),  # type: ignore[arg-type]
+                 tuple(ip_address(m) for m in members if "/" not in m))
 
 
-def nets(*texts: str) -> tuple:
-    return tuple(ip_network(t) for t in texts)
-
-
-def addrs(*texts: str) -> tuple:
-    return tuple(ip_address(t) for t in texts)
-
-
-EXT = B("ext", prefixes=nets("198.18.0.0/24", "198.18.2.0/23", "2001:db8:1::/124"),
-        addresses=addrs("203.0.113.7", "203.0.113.9", "2001:db8:2::7"))
+EXT = block("ext", "198.18.0.0/24", "198.18.2.0/23", "2001:db8:1::/124", "203.0.113.7", "203.0.113.9",
+            "2001:db8:2::7")
 
 
 def objects(commands: list[dict], verb: str, kind: str) -> list[dict]:
@@ -41,7 +32,7 @@ def sets_of(commands: list[dict]) -> dict[tuple[str, str], dict]:
 
 def test_every_command_names_table_dpagent_and_no_other():
     commands = ruleset.rebuild(EXT) + ruleset.delete_tables() + ruleset.member_changes(
-        "ext", ruleset.members(EXT), ruleset.members(B("ext")))
+        "ext", ruleset.members(EXT), ruleset.members(block("ext")))
     for command in commands:
         ((verb, body),) = command.items()
         ((kind, obj),) = body.items()
@@ -72,7 +63,7 @@ def test_a_block_of_both_versions_loads_loose_addresses_into_plain_sets_and_pref
 
 
 def test_an_empty_kind_gets_an_empty_set_so_an_adjust_can_fill_it():
-    sets = sets_of(ruleset.add_block(B("v4only", prefixes=nets("198.18.0.0/16"))))
+    sets = sets_of(ruleset.add_block(block("v4only", "198.18.0.0/16")))
     assert "elem" not in sets[("inet", "addr6.ext".replace("ext", "v4only"))]
     assert len(sets) == 5 + 3
 
@@ -137,24 +128,59 @@ def test_delete_tables_never_fails_on_a_missing_table():
 # --- leases ------------------------------------------------------------------------------
 
 
-def test_arming_sets_timeout_and_expires_which_is_what_refreshes_an_existing_element():
-    text = ruleset.arm(["ext", "int-2"], 0.15)
-    assert text.splitlines() == [
-        "add element inet dpagent lease.ext { ipv4 timeout 150ms expires 150ms, ipv6 timeout 150ms expires 150ms }",
-        "add element arp dpagent lease.ext { arp timeout 150ms expires 150ms }",
-        "add element inet dpagent lease.int-2 { ipv4 timeout 150ms expires 150ms, ipv6 timeout 150ms expires 150ms }",
-        "add element arp dpagent lease.int-2 { arp timeout 150ms expires 150ms }",
-    ]
+def messages(data: bytes) -> list[ruleset.Reply]:
+    return ruleset.replies(data)
 
 
-def test_disarming_arms_first_so_the_delete_finds_its_element():
-    lines = ruleset.disarm(["ext"], 3).splitlines()
-    assert lines == [
-        "add element inet dpagent lease.ext { ipv4 timeout 3000ms expires 3000ms, ipv6 timeout 3000ms expires 3000ms }",
-        "delete element inet dpagent lease.ext { ipv4, ipv6 }",
-        "add element arp dpagent lease.ext { arp timeout 3000ms expires 3000ms }",
-        "delete element arp dpagent lease.ext { arp }",
-    ]
+def test_arming_is_one_batch_whose_elements_carry_timeout_and_expires_in_milliseconds():
+    data, acked = ruleset.lease_batch(["ext", "int-2"], 0.15, 100)
+    sent = messages(data)
+    assert [m.kind for m in sent] == [ruleset.NFNL_MSG_BATCH_BEGIN] + [10 << 8 | 12] * 4 + [ruleset.NFNL_MSG_BATCH_END]
+    assert [m.seq for m in sent] == list(range(100, 106))
+    assert acked == {101: "add element inet dpagent lease.ext", 102: "add element arp dpagent lease.ext",
+                     103: "add element inet dpagent lease.int-2", 104: "add element arp dpagent lease.int-2"}
+    # Timeout and expires both set: that is what refreshes an element that exists.
+    assert ruleset.lease_expirations(sent[1].attrs) == {b"\x02": 0.15, b"\x0a": 0.15}
+    assert ruleset.lease_expirations(sent[2].attrs) == {b"\x08\x06": 0.15}
+    assert b"dpagent\0" in sent[1].attrs and b"lease.ext\0" in sent[1].attrs
+    assert b"lease.int-2\0" in sent[3].attrs
+
+
+def test_closing_arms_first_so_the_delete_finds_its_element():
+    data, acked = ruleset.lease_batch(["ext"], 3, 1, close=True)
+    sent = messages(data)[1:-1]
+    assert [m.kind & 0xFF for m in sent] == [12, 14, 12, 14]
+    assert list(acked.values()) == ["add element inet dpagent lease.ext", "delete element inet dpagent lease.ext",
+                                    "add element arp dpagent lease.ext", "delete element arp dpagent lease.ext"]
+    assert ruleset.lease_expirations(sent[0].attrs) == {b"\x02": 3.0, b"\x0a": 3.0}
+    assert ruleset.lease_expirations(sent[1].attrs) == {}
+
+
+def test_a_bad_name_never_reaches_the_kernel():
+    with pytest.raises(ValueError):
+        ruleset.lease_batch(["ok", "not ok"], 1, 1)
+
+
+def test_replies_name_the_request_an_error_answers():
+    request = ruleset.lease_dump("inet", "ext", 7)
+    error = struct.pack("=IHHII", 16 + 4 + 16, ruleset.NLMSG_ERROR, 0, 99, 0) + struct.pack("=i", -2) + request[:16]
+    done = struct.pack("=IHHII", 20, ruleset.NLMSG_DONE, 2, 8, 0) + b"\0" * 4
+    assert ruleset.replies(error + done + b"\x01\x02") == [ruleset.Reply(ruleset.NLMSG_ERROR, 7, -2, b""),
+                                                          ruleset.Reply(ruleset.NLMSG_DONE, 8, None, b"")]
+
+
+def test_dumps_read_only_our_table():
+    (rules,) = messages(ruleset.rule_dump("arp", 5))
+    assert rules.kind == 10 << 8 | ruleset.NFT_MSG_GETRULE and b"dpagent\0" in rules.attrs
+    (lease,) = messages(ruleset.lease_dump("inet", "ext", 6))
+    assert lease.kind == 10 << 8 | ruleset.NFT_MSG_GETSETELEM and b"lease.ext\0" in lease.attrs
+
+
+def test_lease_left_needs_every_key_of_the_family():
+    assert ruleset.lease_left("inet", {b"\x02": 1.5, b"\x0a": 1.25}) == 1.25
+    assert ruleset.lease_left("inet", {b"\x02": 1.5}) is None
+    assert ruleset.lease_left("arp", {b"\x08\x06": 0.1}) == 0.1
+    assert ruleset.lease_left("arp", {}) is None
 
 
 @pytest.mark.parametrize("seconds, ms", [(0.15, 150), (1, 1000), (0.0004, 1), (2.0006, 2001)])
@@ -168,20 +194,10 @@ def test_a_lease_that_would_never_or_always_expire_is_refused(seconds):
         ruleset.lease_ms(seconds)
 
 
-def test_lease_left_reads_the_earliest_expiry_and_needs_every_element():
-    listing = ("table inet dpagent {\n\tset lease.ext {\n\t\ttype nf_proto\n\t\tflags timeout\n"
-               "\t\telements = { ipv4 timeout 2s500ms expires 1s496ms, ipv6 timeout 2s500ms expires 1s495ms }\n"
-               "\t}\n}\n")
-    assert ruleset.lease_left("inet", listing) == pytest.approx(1.495)
-    assert ruleset.lease_left("arp", "elements = { arp timeout 1m expires 1m2s3ms }") == pytest.approx(62.003)
-    assert ruleset.lease_left("inet", "elements = { ipv4 timeout 150ms expires 97ms }") is None
-    assert ruleset.lease_left("arp", "set lease.ext {\n\t\ttype ether_type\n\t\tflags timeout\n\t}") is None
-
-
 # --- deltas --------------------------------------------------------------------------------
 
 
-def delta(old: B, new: B) -> list[dict]:
+def delta(old: Block, new: Block) -> list[dict]:
     return ruleset.member_changes(new.name, ruleset.members(old), ruleset.members(new))
 
 
@@ -191,8 +207,8 @@ def test_no_change_no_commands():
 
 
 def test_deltas_delete_first_then_add_in_both_tables_for_ipv4():
-    new = B("ext", prefixes=nets("198.18.0.0/24", "198.18.2.0/23", "2001:db8:1::/124"),
-            addresses=addrs("203.0.113.7", "203.0.113.8", "2001:db8:2::8"))
+    new = block("ext", "198.18.0.0/24", "198.18.2.0/23", "2001:db8:1::/124", "203.0.113.7", "203.0.113.8",
+                "2001:db8:2::8")
     commands = delta(EXT, new)
     verbs = [next(iter(c)) for c in commands]
     assert verbs == sorted(verbs, key=["delete", "add"].index)
@@ -208,8 +224,8 @@ def test_deltas_delete_first_then_add_in_both_tables_for_ipv4():
 
 
 def test_prefixes_are_split_or_joined_in_one_delete_and_add():
-    old = B("ext", prefixes=nets("198.18.0.0/24", "198.18.1.0/24"))
-    new = B("ext", prefixes=nets("198.18.0.0/23"))
+    old = block("ext", "198.18.0.0/24", "198.18.1.0/24")
+    new = block("ext", "198.18.0.0/23")
     commands = [c for c in delta(old, new) if next(iter(c.values()))["element"]["family"] == "inet"]
     assert commands == [
         {"delete": {"element": {"family": "inet", "table": "dpagent", "name": "net4.ext", "elem": [
@@ -220,8 +236,8 @@ def test_prefixes_are_split_or_joined_in_one_delete_and_add():
 
 
 def test_a_prefix_replaced_by_an_address_inside_it_moves_to_the_plain_set():
-    old = B("ext", prefixes=nets("2001:db8:1::/124"))
-    new = B("ext", addresses=addrs("2001:db8:1::5"))
+    old = block("ext", "2001:db8:1::/124")
+    new = block("ext", "2001:db8:1::5")
     assert delta(old, new) == [
         {"delete": {"element": {"family": "inet", "table": "dpagent", "name": "net6.ext",
                                 "elem": [{"prefix": {"addr": "2001:db8:1::", "len": 124}}]}}},
@@ -232,21 +248,27 @@ def test_a_prefix_replaced_by_an_address_inside_it_moves_to_the_plain_set():
 # --- bad input -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("block", [
-    B("ext", addresses=("198.18.0.1",)),             # a string libnftables might resolve as a host name
-    B("ext", prefixes=(ip_address("198.18.0.1"),)),  # an address where a prefix belongs
-    B("ext", addresses=(None,)),
-    B("a b"), B(""), B('x" }; flush ruleset; #'), B("x" * 65), B(7),
+@pytest.mark.parametrize("bad", [
+    Block("ext", "eth1", (), ("198.18.0.1",)),                  # a string libnftables might resolve as a host name
+    Block("ext", "eth1", (ip_address("198.18.0.1"),), ()),      # an address where a prefix belongs
+    Block("ext", "eth1", (), (None,)),
+    block("a b"), block(""), block('x" }; flush ruleset; #'), block("x" * 65), block(7),
 ])
-def test_bad_input_raises_value_error_before_any_command_exists(block):
+def test_bad_input_raises_value_error_before_any_command_exists(bad):
     with pytest.raises(ValueError):
-        ruleset.add_block(block)
+        ruleset.add_block(bad)
 
 
 def test_names_of_different_blocks_never_collide():
-    names = [n for block in ("a", "a_v4", "net4", "lease", "4") for n in
-             {(s["family"], s["name"]) for s in objects(ruleset.add_block(B(block)), "add", "set")}]
+    names = [n for name in ("a", "a_v4", "net4", "lease", "4") for n in
+             {(s["family"], s["name"]) for s in objects(ruleset.add_block(block(name)), "add", "set")}]
     assert len(names) == len(set(names))
+
+
+def test_rule_chain_reads_the_chain_attribute():
+    attrs = ruleset._string(ruleset.NFTA_RULE_TABLE, "dpagent") + ruleset._string(ruleset.NFTA_RULE_CHAIN, "output.ext")
+    assert ruleset.rule_chain(attrs) == "output.ext"
+    assert ruleset.rule_chain(b"") is None
 
 
 def test_listings_are_read_defensively():
