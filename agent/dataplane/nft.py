@@ -109,7 +109,7 @@ def _problem(text: str) -> str:
 
 
 class Gate:
-    """Blocking libnftables work. `loaded` is what the kernel holds of each block's gate
+    """Blocking work, libnftables and netlink. `loaded` is what the kernel holds of each block's gate
     after the last transaction that succeeded; `open` the blocks taken and not released."""
 
     def __init__(self, lease: float) -> None:
@@ -161,46 +161,58 @@ class Gate:
     # --- bulk work: members --------------------------------------------------------------
 
     def prepare(self, blocks: Sequence[Block]) -> dict[str, str]:
-        """Load, closed, the gate of every configured block that is not open (an open block
-        changes by `adjust` alone) and drop those of blocks no longer configured unless open
-        (their release does). The first call also removes whatever an earlier run left.
-        All in one transaction; if it is rejected, block by block, so that one bad block
-        keeps no other out. Returns each failed block's problem."""
+        """Load, closed, the gate of every configured block that needs it (`_wanted`) and
+        drop those of blocks no longer configured unless open (their release does). The
+        first call also removes whatever an earlier run left. All in one transaction; if
+        it is rejected, block by block, so that one bad block keeps no other out.
+        Returns each failed block's problem."""
+        try:
+            self.problems = self._prepare(blocks)
+        except OSError as exc:
+            self.problems = {str(b.name): f"libnftables: {exc}" for b in blocks}
+        return self.problems
+
+    def _prepare(self, blocks: Sequence[Block]) -> dict[str, str]:
         self._configured = {str(b.name) for b in blocks}
         problems: dict[str, str] = {}
-        parts: list[tuple[str, Block | None, list[dict]]] = []
-        for name in [n for n in self.loaded if n not in self._configured and n not in self.open]:
-            parts.append((name, None, ruleset.remove_block(name)))
+        parts: list[tuple[str, Block | None, list[dict]]] = [
+            (name, None, ruleset.remove_block(name))
+            for name in self.loaded if name not in self._configured and name not in self.open]
         for block in blocks:
-            if block.name in self.open or not self._changed(block):
-                continue
             try:
-                parts.append((block.name, block, ruleset.rebuild(block)))
+                if self._wanted(block):
+                    parts.append((block.name, block, ruleset.rebuild(block)))
             except (ValueError, TypeError, AttributeError) as exc:
                 problems[str(block.name)] = f"bad input: {exc}"
         head = [] if self._prepared else ruleset.delete_tables()
         if self._json(head + [c for _name, _block, commands in parts for c in commands]) is None:
-            self._prepared = True
             for name, block, _commands in parts:
                 self._record(name, block)
         else:
             problem = self._json(head) if head else None
             if problem is not None:
-                self.problems = {str(b.name): problem for b in blocks}
-                return self.problems
-            self._prepared = True
+                return {str(b.name): problem for b in blocks}
             for name, block, commands in parts:
                 problem = self._json(commands)
                 if problem is None:
                     self._record(name, block)
                 else:
                     problems[name] = problem
-        self.problems = problems
+        self._prepared = True
+        # Taken while its gate was missing (a take fails then): open now that it is there.
+        opened = [name for name, block, _commands in parts if block is not None and name in self.open
+                  and self.loaded.get(name) is block]
+        problem = self._arm(opened) if opened else None
+        problems |= {name: problem for name in opened if problem}
         return problems
 
-    def _changed(self, block: Block) -> bool:
+    def _wanted(self, block: Block) -> bool:
+        """Whether prepare (re)builds this block's gate: not loaded yet, or changed while
+        closed. An open block changes by `adjust` alone, never losing its lease."""
         loaded = self.loaded.get(block.name)
-        return loaded is None or ruleset.members(loaded) != ruleset.members(block)
+        if loaded is None:
+            return True
+        return block.name not in self.open and ruleset.members(loaded) != ruleset.members(block)
 
     def _record(self, name: str, block: Block | None) -> None:
         if block is None:

@@ -286,6 +286,10 @@ def test_one_bad_block_keeps_no_other_block_out(pair, make_step):
     run(step.refresh([bad, BLOCK]))
     assert step.status()["refresh"]["failed"] == 0
     assert_serves(pair, True)
+    # Fixed by a reload, the block taken while it had no gate gets one, open.
+    run(step.prepare([Block("bad", "n0", (ip_network("198.51.100.0/24"),), ()), BLOCK]))
+    assert step.status()["problems"] == {}
+    assert run(step.leases())["bad"] is not None
 
 
 def test_remove_leftovers_removes_table_dpagent_only_and_prepare_replaces_a_crashed_runs_gate(pair, make_step):
