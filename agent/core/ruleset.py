@@ -73,7 +73,7 @@ def members(block: BlockLike) -> Members:
 
 
 def changed(old: Members, new: Members) -> int:
-    """How many members one is to be added or removed to turn `old` into `new`."""
+    """How many members are added or removed to turn `old` into `new`."""
     return sum(len(set(getattr(old, kind)) ^ set(getattr(new, kind))) for kind in KINDS)
 
 
@@ -148,7 +148,7 @@ def _match(left: dict, right: object, op: str = "==") -> dict:
 
 
 def _rules(family: str, block: str) -> list[dict]:
-    """(chain, expressions) of every rule of the block in one table."""
+    """Every rule of the block in one table's chains."""
     _type, key = LEASE_KEYS[family]
     unleased = _match({"meta": {"key": key}}, f"@{set_name('lease', block)}", "!=")
     local = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
@@ -220,16 +220,6 @@ def rule_counts(name: str) -> dict[tuple[str, str], int]:
     return counts
 
 
-def list_chain(family: str, chain: str) -> dict:
-    return {"list": {"chain": {"family": family, "table": TABLE, "name": chain}}}
-
-
-def rules_in(listing: object) -> int:
-    """The rules in a JSON listing (libnftables' parsed output)."""
-    items = listing.get("nftables", []) if isinstance(listing, dict) else []
-    return sum(1 for item in items if "rule" in item)
-
-
 # Every table's family and name; nothing else of any table is read.
 LIST_TABLES = {"list": {"tables": None}}
 
@@ -273,7 +263,7 @@ NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NFT_MSG_GETRULE, NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM, NFT_MSG_DELSETELEM = 7, 12, 13, 14
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP, NLM_F_CREATE = 0x1, 0x2, 0x4, 0x300, 0x400
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_CREATE = 0x1, 0x4, 0x300, 0x400
 NLA_F_NESTED = 0x8000
 NLA_TYPE_MASK = 0x3FFF
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN = 1, 2

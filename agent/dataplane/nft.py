@@ -122,7 +122,7 @@ class Gate:
         self.open: set[str] = set()
         self.problems: dict[str, str] = {}
         self.armed_at: dict[str, float] = {}
-        self.refreshes = {"count": 0, "failed": 0, "last_s": 0.0, "max_s": 0.0}
+        self.refreshes: dict = {"count": 0, "failed": 0, "last_s": 0.0, "max_s": 0.0, "last_problem": None}
 
     # --- libnftables ---------------------------------------------------------------------
 
@@ -240,8 +240,8 @@ class Gate:
         return self._timed(lambda result: self._restore(result, block))
 
     def _restore(self, result: StepResult, block: Block) -> None:
-        """Rebuild and, if open, arm: two transactions, so an open block is closed between
-        them for a moment (JSON cannot carry a lease shorter than a second)."""
+        """Rebuild and, if open, arm: two transactions (libnftables, then a lease message),
+        so an open block is closed between them for a moment."""
         result.problem = self._json(ruleset.rebuild(block))
         if result.problem is not None:
             return
@@ -309,23 +309,31 @@ class Gate:
         return self._timed(work)
 
     def release(self, block: Block) -> StepResult:
-        """Close the gate now; a block no longer configured also loses its sets and chains,
-        so that its addresses are free for the block they may have moved to."""
+        """Close the gate now (lease work: never behind a bulk load). What is left to do
+        after it, if anything, is `settle`'s."""
         def work(result: StepResult) -> None:
             self.open.discard(block.name)
             self.armed_at.pop(block.name, None)
-            if block.name not in self.loaded:
-                return
-            result.problem = self._netlink().lease([block.name], self.lease, close=True)
-            if result.problem is not None:
-                # No lease set: the gate is broken; a rebuilt one is closed.
+            if block.name in self.loaded:
+                result.problem = self._netlink().lease([block.name], self.lease, close=True)
+                result.applied = int(result.problem is None)
+        return self._timed(work)
+
+    def unsettled(self, block: Block, released: StepResult) -> bool:
+        return block.name in self.loaded and (released.problem is not None or block.name not in self._configured)
+
+    def settle(self, block: Block) -> StepResult:
+        """Bulk work after a release: a block no longer configured loses its sets and chains
+        (its addresses may have moved to another block, whose gate must not meet them
+        here); a gate the release found broken (no lease set) is rebuilt, closed."""
+        def work(result: StepResult) -> None:
+            if block.name in self._configured:
                 self._restore(result, self.loaded[block.name])
                 return
-            result.applied = 1
-            if block.name not in self._configured:
-                result.problem = self._json(ruleset.remove_block(block.name))
-                if result.problem is None:
-                    del self.loaded[block.name]
+            result.problem = self._json(ruleset.remove_block(block.name))
+            if result.problem is None:
+                del self.loaded[block.name]
+                result.detail["removed"] = block.name
         return self._timed(work)
 
     def refresh(self, blocks: Sequence[Block]) -> StepResult:
@@ -348,6 +356,7 @@ class Gate:
         result = self._timed(work)
         self.refreshes["count"] += 1
         self.refreshes["failed"] += result.problem is not None
+        self.refreshes["last_problem"] = result.problem or self.refreshes["last_problem"]
         self.refreshes["last_s"] = result.seconds
         self.refreshes["max_s"] = max(self.refreshes["max_s"], result.seconds)
         return result
@@ -399,7 +408,13 @@ class NftStep:
         return await self._run(self._leases, self._gate.take, block)
 
     async def release(self, block: Block) -> StepResult:
-        return await self._run(self._leases, self._gate.release, block)
+        result = await self._run(self._leases, self._gate.release, block)
+        if self._gate.unsettled(block, result):
+            settled = await self._run(self._worker, self._gate.settle, block)
+            # Rebuilt closed or removed, the gate is closed: what a release is for.
+            result.problem, result.seconds = settled.problem, result.seconds + settled.seconds
+            result.detail |= settled.detail
+        return result
 
     async def adjust(self, old: Block, new: Block) -> StepResult:
         return await self._run(self._worker, self._gate.adjust, old, new)

@@ -326,3 +326,21 @@ def test_a_flushed_ruleset_is_rebuilt_by_the_next_refresh(pair, make_step):
     assert_serves(pair, True)
     run(step.release(BLOCK))
     assert_serves(pair, False)
+
+
+def test_an_address_moved_to_another_block_is_served_by_its_new_block(pair, make_step):
+    loose = ip_address("203.0.113.7")
+    rest = Block("ext", "n0", BLOCK.prefixes, tuple(a for a in BLOCK.addresses if a != loose))
+    old, new = Block("old", "n0", (), (loose,)), Block("new", "n0", (), (loose,))
+    step = make_step()
+    run(step.prepare([old, rest]))
+    assert run(step.take(old)).ok and run(step.take(rest)).ok
+    wait_until(lambda: pair.arp_reply(str(loose)), "the old block serves the address")
+    # A reload moves the address: the old block keeps its gate while it is held.
+    run(step.prepare([rest, new]))
+    assert run(step.leases())["old"] is not None
+    result = run(step.release(old))
+    assert result.ok and result.detail.get("removed") == "old", result
+    assert ".old" not in pair.nft("list", "ruleset")
+    assert run(step.take(new)).ok
+    wait_until(lambda: pair.arp_reply(str(loose)) and pair.ping(str(loose)), "the new block serves the address")
