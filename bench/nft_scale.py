@@ -11,6 +11,11 @@
   commands: JSON cannot carry sub-second timeouts), median and 99th percentile of
   many, with that block loaded; refresh also for 16 blocks in one transaction and
   with a 65,536-address block loaded, to show the set size does not matter.
+- nft_refresh_during_bulk_ms: refreshes every millisecond from a thread of their
+  own (the daemon's event loop) while another thread adjusts a held block by
+  65,536 addresses out and 65,536 in: bulk work is cut into transactions of
+  8,192 elements so the kernel's nftables mutex is never held long; what is left
+  is mostly Python's GIL (the switch interval is a label).
 - nft_refresh_ms{beside=operator-interval-set}: a refresh while the operator's own
   table holds an interval set of 65,536 ranges, dpagent's nfnetlink messages
   against the same elements added through libnftables (which fetches every
@@ -139,6 +144,36 @@ def beside_operator_set(block: Block, ranges: int, rounds: int) -> dict[str, lis
     return times
 
 
+def refresh_during_bulk(held: Block, count: int) -> list[float]:
+    """Seconds of each refresh of `held`, made every millisecond from another thread while
+    a held block of `count` loose addresses is replaced by `count` others."""
+    gate = Gate(LEASE)
+    before = Block("bulk", "b0", (), loose(count, ipaddress.IPv4Address("198.20.0.0")))
+    after = Block("bulk", "b0", (), loose(count, ipaddress.IPv4Address("198.20.0.0") + count))
+    if gate.prepare([held, before]) or not gate.take(before).ok:
+        raise RuntimeError("prepare or take failed")
+    seconds: list[float] = []
+    done = threading.Event()
+
+    def refresher() -> None:
+        if not gate.take(held).ok:
+            raise RuntimeError("take failed")
+        while not done.is_set():
+            seconds.append(gate.refresh([held]).seconds)
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=refresher)
+    thread.start()
+    try:
+        result = gate.adjust(before, after)
+    finally:
+        done.set()
+        thread.join()
+    if not result.ok:
+        raise RuntimeError(result.problem)
+    return seconds
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -185,6 +220,9 @@ def main() -> int:
         big_runs = in_netns(spaces.new("nft"), lambda: lease_operations([big], args.rounds))
     with Namespaces("dpnft") as spaces:
         beside = in_netns(spaces.new("nft"), lambda: beside_operator_set(typical, 65536, max(5, args.rounds // 20)))
+    with Namespaces("dpnft") as spaces:
+        during = in_netns(spaces.new("nft"), lambda: refresh_during_bulk(typical, 65536 if not args.quick else 8192))
+    runs["refresh-during-bulk"] = during
     runs["lease"] = lease_runs
     runs["lease-65536"] = big_runs
     runs["beside-operator-set"] = beside
@@ -196,6 +234,10 @@ def main() -> int:
             ("nft_release_ms", {"loaded": "/16+4096"}, lease_runs["release"])):
         figures.add(name, {**labels, "stat": "median"}, statistics.median(values) * 1000, "ms")
         figures.add(name, {**labels, "stat": "p99"}, percentile(values, 0.99) * 1000, "ms")
+    labels = {"bulk": "65536-out-65536-in" if not args.quick else "8192-out-8192-in",
+              "switch_interval_ms": sys.getswitchinterval() * 1000}
+    figures.add("nft_refresh_during_bulk_ms", {**labels, "stat": "median"}, statistics.median(during) * 1000, "ms")
+    figures.add("nft_refresh_during_bulk_ms", {**labels, "stat": "max"}, max(during) * 1000, "ms")
     for via, values in beside.items():
         figures.add("nft_refresh_ms", {"blocks": 1, "beside": "operator-interval-set-65536", "via": via,
                                        "stat": "median"}, statistics.median(values) * 1000, "ms")

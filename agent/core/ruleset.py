@@ -170,22 +170,27 @@ def _rules(family: str, block: str) -> list[dict]:
 
 
 def add_block(block: BlockLike) -> list[dict]:
-    """The block's sets (with its members), lease set and chains: its gate, closed."""
+    """The block's gate, closed: its sets, lease set, chains and rules, then its members
+    as element commands, so that a load cut into transactions (`transactions`) has the
+    whole gate from the first one on."""
     held = members(block)
-    # One list per kind, shared by both tables' sets.
-    elements = {kind: _elements(kind, getattr(held, kind)) for kind in KINDS}
-    commands = []
+    commands, elements = [], []
     for family in FAMILIES:
         commands.append({"add": _table(family)})
-        for kind in _sets(family):
-            definition = _set(family, kind, block.name)
-            if elements[kind]:
-                definition["elem"] = elements[kind]
-            commands.append({"add": {"set": definition}})
-        commands.append({"add": {"set": _set(family, "lease", block.name)}})
+        commands += [{"add": {"set": _set(family, kind, block.name)}} for kind in (*_sets(family), "lease")]
         commands += [{"add": {"chain": chain}} for chain in _chains(family, block.name)]
         commands += [{"add": {"rule": rule}} for rule in _rules(family, block.name)]
-    return commands
+    for kind in KINDS:
+        values = _elements(kind, getattr(held, kind))
+        if values:
+            # One list, shared by both tables' commands.
+            elements += [{"add": {"element": _element_ref(family, kind, block.name, values)}}
+                         for family in FAMILIES if kind in _sets(family)]
+    return commands + elements
+
+
+def _element_ref(family: str, kind: str, block: str, values: list) -> dict:
+    return {"family": family, "table": TABLE, "name": set_name(kind, block), "elem": values}
 
 
 def remove_block(name: str) -> list[dict]:
@@ -241,9 +246,45 @@ def member_changes(name: str, old: Members, new: Members) -> list[dict]:
         for values, into in ((before - after, deletes), (after - before, adds)):
             if values:
                 into.append((kind, _elements(kind, sorted(values, key=_order))))
-    return [{verb: {"element": {"family": family, "table": TABLE, "name": set_name(kind, name), "elem": elem}}}
+    return [{verb: {"element": _element_ref(family, kind, name, elem)}}
             for verb, changes in (("delete", deletes), ("add", adds)) for family in FAMILIES
             for kind, elem in changes if kind in _sets(family)]
+
+
+# The kernel holds the nftables mutex while it applies a transaction, and a lease message
+# waits for it: 131,072 element deletes and as many adds held it ~200 ms here, longer
+# than a lease. 8,192 element changes hold it for a few milliseconds.
+ELEMENTS_PER_TRANSACTION = 8192
+
+
+def transactions(commands: list[dict], limit: int | None) -> list[list[dict]]:
+    """The commands in order, cut so that no transaction changes more than `limit`
+    elements (None: one transaction); an element command is split where it must be."""
+    if limit is None:
+        return [commands] if commands else []
+    out: list[list[dict]] = [[]]
+    budget = limit
+    for command in commands:
+        ((verb, body),) = command.items()
+        element = body.get("element")
+        if element is None:
+            out[-1].append(command)
+            continue
+        values = element["elem"]
+        while values:
+            if budget == 0:
+                out.append([])
+                budget = limit
+            part, values = values[:budget], values[budget:]
+            budget -= len(part)
+            out[-1].append({verb: {"element": {**element, "elem": part}}})
+    return [t for t in out if t]
+
+
+def inverse(transaction: list[dict]) -> list[dict]:
+    """Undo a transaction of element changes (what `member_changes` makes), last first."""
+    swap = {"add": "delete", "delete": "add"}
+    return [{swap[verb]: body} for command in reversed(transaction) for verb, body in command.items()]
 
 
 def _order(value: IPv4Address | IPv6Address | IPv4Network | IPv6Network) -> tuple[int, int]:

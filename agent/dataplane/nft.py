@@ -9,13 +9,14 @@ itself, while the peer takes over. Every change is one transaction, so one the
 kernel rejects leaves table dpagent as it was; its error text (libnftables',
 or the errno of a lease message) becomes the step's problem.
 
-Bulk work (sets, chains, rules) goes through libnftables JSON; the leases go
-straight to the kernel as nfnetlink messages, whose cost does not depend on the
-rest of the ruleset. Lease work (take, release, refresh: a fraction of a
-millisecond each) can run on an executor of its own, so that a refresh never
-waits behind a bulk load (65,536 loose addresses take ~0.5 s of libnftables
-time) and held blocks keep their leases during a reload. Each thread has its
-own libnftables context and netlink socket.
+Bulk work (sets, chains, rules, member deltas) goes through libnftables JSON in
+the worker the step is given. The leases go straight to the kernel as nfnetlink
+messages (agent.core.ruleset says why), ~20-40 us each, from the event loop
+itself: `refresh` is called there on every advert, so a lease runs out exactly
+when the adverts stop, and take and release pay no thread hop. A lease message
+waits for a bulk transaction the kernel is applying, so while any block is open
+bulk work is cut into transactions of ruleset.ELEMENTS_PER_TRANSACTION elements.
+Each thread has its own libnftables context and netlink socket.
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ log = logging.getLogger("dpagent.gate")
 PROBLEM_MAX = 1000
 
 
-# The kernel answers a batch before send() returns; this only bounds a lost reply.
-REPLY_TIMEOUT = 5.0
+# The kernel applies a batch and queues its answers before send() returns (having waited,
+# if need be, for a transaction being applied, which bulk work keeps short while a block
+# is open). This only bounds a lost reply; the event loop waits for it, so it is short.
+REPLY_TIMEOUT = 0.25
 RECEIVE_BUFFER = 1 << 20
 
 
@@ -69,7 +72,7 @@ class LeaseSocket:
             try:
                 data = self._sock.recv(RECEIVE_BUFFER)
             except TimeoutError:
-                return got, f"no reply from the kernel within {REPLY_TIMEOUT:.0f} s"
+                return got, f"no reply from the kernel within {REPLY_TIMEOUT:g} s"
             for reply in ruleset.replies(data):
                 if reply.seq not in wanted:
                     continue
@@ -109,8 +112,10 @@ def _problem(text: str) -> str:
 
 
 class Gate:
-    """Blocking work, libnftables and netlink. `loaded` is what the kernel holds of each block's gate
-    after the last transaction that succeeded; `open` the blocks taken and not released."""
+    """The gate's work, blocking. Lease work (take, release, refresh) runs on the event
+    loop; everything else in the step's worker. `loaded` is what the kernel holds of each
+    block's gate after the last change that succeeded; `open` the blocks taken and not
+    released."""
 
     def __init__(self, lease: float) -> None:
         ruleset.lease_ms(lease)
@@ -124,7 +129,7 @@ class Gate:
         self.armed_at: dict[str, float] = {}
         self.refreshes: dict = {"count": 0, "failed": 0, "last_s": 0.0, "max_s": 0.0, "last_problem": None}
 
-    # --- libnftables ---------------------------------------------------------------------
+    # --- per-thread kernel handles -----------------------------------------------------------
 
     def _nft(self) -> nftables.Nftables:
         """One context per thread: a context is not safe to share between threads."""
@@ -144,6 +149,19 @@ class Gate:
         rc, _output, error = self._nft().json_cmd(ruleset.document(commands))
         return None if rc == 0 else _problem(error)
 
+    def _apply(self, commands: list[dict]) -> tuple[str | None, list[list[dict]]]:
+        """Apply in one transaction, or, while a block is open (its lease message must not
+        wait long for the kernel), in bounded ones. Returns the problem of the first one
+        rejected and the transactions applied before it."""
+        limit = ruleset.ELEMENTS_PER_TRANSACTION if self.open else None
+        done: list[list[dict]] = []
+        for transaction in ruleset.transactions(commands, limit):
+            problem = self._json(transaction)
+            if problem is not None:
+                return problem, done
+            done.append(transaction)
+        return None, done
+
     @staticmethod
     def _timed(work: Callable[[StepResult], None]) -> StepResult:
         """Run `work`; input that cannot become a ruleset is a problem, not a crash."""
@@ -158,14 +176,14 @@ class Gate:
         result.seconds = time.perf_counter() - started
         return result
 
-    # --- bulk work: members --------------------------------------------------------------
+    # --- bulk work (the worker) --------------------------------------------------------------
 
     def prepare(self, blocks: Sequence[Block]) -> dict[str, str]:
         """Load, closed, the gate of every configured block that needs it (`_wanted`) and
         drop those of blocks no longer configured unless open (their release does). The
-        first call also removes whatever an earlier run left. All in one transaction; if
-        it is rejected, block by block, so that one bad block keeps no other out.
-        Returns each failed block's problem."""
+        first call also removes whatever an earlier run left, in the same transaction.
+        If a change is rejected, block by block, so that one bad block keeps no other
+        out. Returns each failed block's problem."""
         try:
             self.problems = self._prepare(blocks)
         except OSError as exc:
@@ -177,7 +195,7 @@ class Gate:
         problems: dict[str, str] = {}
         parts: list[tuple[str, Block | None, list[dict]]] = [
             (name, None, ruleset.remove_block(name))
-            for name in self.loaded if name not in self._configured and name not in self.open]
+            for name in list(self.loaded) if name not in self._configured and name not in self.open]
         for block in blocks:
             try:
                 if self._wanted(block):
@@ -185,19 +203,22 @@ class Gate:
             except (ValueError, TypeError, AttributeError) as exc:
                 problems[str(block.name)] = f"bad input: {exc}"
         head = [] if self._prepared else ruleset.delete_tables()
-        if self._json(head + [c for _name, _block, commands in parts for c in commands]) is None:
+        problem, done = self._apply(head + [c for _name, _block, commands in parts for c in commands])
+        if problem is None:
             for name, block, _commands in parts:
                 self._record(name, block)
         else:
-            problem = self._json(head) if head else None
-            if problem is not None:
+            if head and not done and self._json(head) is not None:
                 return {str(b.name): problem for b in blocks}
+            # Each part replaces whatever state the rejected load left of its block.
             for name, block, commands in parts:
-                problem = self._json(commands)
+                problem, done = self._apply(commands)
                 if problem is None:
                     self._record(name, block)
-                else:
-                    problems[name] = problem
+                    continue
+                problems[name] = problem
+                if done and self._json(ruleset.remove_block(name)) is None:
+                    self._record(name, None)
         self._prepared = True
         # Taken while its gate was missing (a take fails then): open now that it is there.
         opened = [name for name, block, _commands in parts if block is not None and name in self.open
@@ -221,18 +242,24 @@ class Gate:
             self.loaded[name] = block
 
     def adjust(self, old: Block, new: Block) -> StepResult:
-        """Only the difference, in one transaction; a block whose gate never loaded is built."""
+        """Only the difference; a block whose gate never loaded is built. A difference cut
+        into several transactions is undone when a later one is rejected."""
         def work(result: StepResult) -> None:
             base = self.loaded.get(new.name)
             if base is None:
                 self._restore(result, new)
                 return
             before, after = ruleset.members(base), ruleset.members(new)
-            commands = ruleset.member_changes(new.name, before, after)
-            result.problem = self._json(commands) if commands else None
+            result.problem, done = self._apply(ruleset.member_changes(new.name, before, after))
             if result.problem is None:
                 result.applied = ruleset.changed(before, after)
                 self.loaded[new.name] = new
+                return
+            undone = all(self._json(ruleset.inverse(t)) is None for t in reversed(done))
+            if not undone:
+                problem = result.problem
+                self._restore(result, base)
+                result.problem = problem
         return self._timed(work)
 
     def restore(self, block: Block) -> StepResult:
@@ -240,9 +267,9 @@ class Gate:
         return self._timed(lambda result: self._restore(result, block))
 
     def _restore(self, result: StepResult, block: Block) -> None:
-        """Rebuild and, if open, arm: two transactions (libnftables, then a lease message),
-        so an open block is closed between them for a moment."""
-        result.problem = self._json(ruleset.rebuild(block))
+        """Rebuild and, if open, arm: libnftables, then a lease message, so an open block
+        is closed in between for a moment."""
+        result.problem, _done = self._apply(ruleset.rebuild(block))
         if result.problem is not None:
             return
         self.loaded[block.name] = block
@@ -271,6 +298,20 @@ class Gate:
                 self._restore(result, self.loaded.get(block.name, block))
         return self._timed(work)
 
+    def settle(self, block: Block) -> StepResult:
+        """Bulk work after a release: a block no longer configured loses its sets and chains
+        (its addresses may have moved to another block, whose gate must not meet them
+        here); a gate the release found broken (no lease set) is rebuilt, closed."""
+        def work(result: StepResult) -> None:
+            if block.name in self._configured:
+                self._restore(result, self.loaded[block.name])
+                return
+            result.problem = self._json(ruleset.remove_block(block.name))
+            if result.problem is None:
+                del self.loaded[block.name]
+                result.detail["removed"] = block.name
+        return self._timed(work)
+
     def remove_leftovers(self) -> StepResult:
         """Delete both tables dpagent, unless this run has prepared them: prepare's first
         transaction already replaced what an earlier run left."""
@@ -287,7 +328,28 @@ class Gate:
             result.applied = 0 if result.problem else len(present)
         return self._timed(work)
 
-    # --- lease work ------------------------------------------------------------------------
+    def leases(self, names: Sequence[str]) -> dict[str, float | None]:
+        """The kernel's view: seconds until each block's lease runs out, None when closed."""
+        left: dict[str, float | None] = {}
+        for name in names:
+            found = []
+            for family in ruleset.FAMILIES:
+                replies, problem = self._netlink().dump(lambda seq: ruleset.lease_dump(family, name, seq))
+                expirations: dict[bytes, float] = {}
+                for reply in replies:
+                    expirations |= ruleset.lease_expirations(reply.attrs)
+                found.append(None if problem else ruleset.lease_left(family, expirations))
+            left[name] = None if None in found else min(found)
+        return left
+
+    def close(self) -> None:
+        """Close this thread's netlink socket; its libnftables context goes with the thread."""
+        sock = getattr(self._local, "netlink", None)
+        if sock is not None:
+            sock.close()
+            self._local.netlink = None
+
+    # --- lease work (the event loop) ---------------------------------------------------------
 
     def _arm(self, names: list[str]) -> str | None:
         """One lease from now for each of these blocks, in one transaction."""
@@ -309,8 +371,7 @@ class Gate:
         return self._timed(work)
 
     def release(self, block: Block) -> StepResult:
-        """Close the gate now (lease work: never behind a bulk load). What is left to do
-        after it, if anything, is `settle`'s."""
+        """Close the gate now. What is left to do after it, if anything, is `settle`'s."""
         def work(result: StepResult) -> None:
             self.open.discard(block.name)
             self.armed_at.pop(block.name, None)
@@ -321,20 +382,6 @@ class Gate:
 
     def unsettled(self, block: Block, released: StepResult) -> bool:
         return block.name in self.loaded and (released.problem is not None or block.name not in self._configured)
-
-    def settle(self, block: Block) -> StepResult:
-        """Bulk work after a release: a block no longer configured loses its sets and chains
-        (its addresses may have moved to another block, whose gate must not meet them
-        here); a gate the release found broken (no lease set) is rebuilt, closed."""
-        def work(result: StepResult) -> None:
-            if block.name in self._configured:
-                self._restore(result, self.loaded[block.name])
-                return
-            result.problem = self._json(ruleset.remove_block(block.name))
-            if result.problem is None:
-                del self.loaded[block.name]
-                result.detail["removed"] = block.name
-        return self._timed(work)
 
     def refresh(self, blocks: Sequence[Block]) -> StepResult:
         """Re-arm the lease of every open block among these, in one transaction. If it is
@@ -361,91 +408,77 @@ class Gate:
         self.refreshes["max_s"] = max(self.refreshes["max_s"], result.seconds)
         return result
 
-    def leases(self, names: Sequence[str]) -> dict[str, float | None]:
-        """The kernel's view: seconds until each block's lease runs out, None when closed."""
-        left: dict[str, float | None] = {}
-        for name in names:
-            found = []
-            for family in ruleset.FAMILIES:
-                replies, problem = self._netlink().dump(lambda seq: ruleset.lease_dump(family, name, seq))
-                expirations: dict[bytes, float] = {}
-                for reply in replies:
-                    expirations |= ruleset.lease_expirations(reply.attrs)
-                found.append(None if problem else ruleset.lease_left(family, expirations))
-            left[name] = None if None in found else min(found)
-        return left
-
-    def close(self) -> None:
-        """Close this thread's netlink socket; its libnftables context goes with the thread."""
-        sock = getattr(self._local, "netlink", None)
-        if sock is not None:
-            sock.close()
-            self._local.netlink = None
-
 
 class NftStep:
-    """The gate as a dataplane step. Bulk work runs in `worker`; take, release and
-    refresh in `leases` when given (a thread of their own: see the module docstring)."""
+    """The gate as a dataplane step: bulk work in `worker`, lease work on the event loop."""
 
     facility = "gate"
     verbs = {"take": "open-gate", "release": "close-gate", "adjust": "gate-sets"}
 
-    def __init__(self, worker: Executor, lease: float, leases: Executor | None = None) -> None:
+    def __init__(self, worker: Executor, lease: float) -> None:
         self._worker = worker
-        self._leases = leases or worker
         self._gate = Gate(lease)
         self._leftovers: dict = {}
+        # Rebuilds of broken gates under way, so that every advert does not queue another.
+        self._restoring: dict[str, asyncio.Future] = {}
 
-    async def _run(self, executor: Executor, func, *args):
-        return await asyncio.get_running_loop().run_in_executor(executor, func, *args)
+    async def _run(self, func, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._worker, func, *args)
 
     async def prepare(self, blocks: Sequence[Block]) -> None:
-        problems = await self._run(self._worker, self._gate.prepare, tuple(blocks))
+        problems = await self._run(self._gate.prepare, tuple(blocks))
         for name, problem in problems.items():
             log.error("gate of block %s not loaded: %s", name, problem)
 
     async def take(self, block: Block) -> StepResult:
-        return await self._run(self._leases, self._gate.take, block)
+        return self._gate.take(block)
 
     async def release(self, block: Block) -> StepResult:
-        result = await self._run(self._leases, self._gate.release, block)
+        result = self._gate.release(block)
         if self._gate.unsettled(block, result):
-            settled = await self._run(self._worker, self._gate.settle, block)
+            settled = await self._run(self._gate.settle, block)
             # Rebuilt closed or removed, the gate is closed: what a release is for.
             result.problem, result.seconds = settled.problem, result.seconds + settled.seconds
             result.detail |= settled.detail
         return result
 
     async def adjust(self, old: Block, new: Block) -> StepResult:
-        return await self._run(self._worker, self._gate.adjust, old, new)
+        return await self._run(self._gate.adjust, old, new)
 
     async def repair(self, block: Block) -> StepResult:
-        return await self._run(self._worker, self._gate.repair, block)
+        return await self._run(self._gate.repair, block)
 
-    async def refresh(self, blocks: Sequence[Block]) -> None:
-        """Re-arm the lease of every block held among `blocks`; called on every advert timer.
-        A gate found broken is rebuilt behind the leases of the others."""
-        result = await self._run(self._leases, self._gate.refresh, tuple(blocks))
+    def refresh(self, blocks: Sequence[Block]) -> None:
+        """Re-arm the lease of every block held among `blocks`: on the event loop, at every
+        advert. A gate found broken is rebuilt in the worker, behind the others' leases."""
+        result = self._gate.refresh(blocks)
         if result.problem is None:
             return
         log.error("gate lease refresh failed: %s", result.problem)
+        loop = asyncio.get_running_loop()
         for block in blocks:
-            if block.name in result.detail.get("broken", ()):
-                restored = await self._run(self._worker, self._gate.restore, block)
-                if restored.problem is not None:
-                    log.error("gate of block %s could not be rebuilt: %s", block.name, restored.problem)
+            if block.name in result.detail.get("broken", ()) and block.name not in self._restoring:
+                future = loop.run_in_executor(self._worker, self._gate.restore, block)
+                self._restoring[block.name] = future
+                future.add_done_callback(lambda done, name=block.name: self._restored(name, done))
+
+    def _restored(self, name: str, done: asyncio.Future) -> None:
+        del self._restoring[name]
+        result = done.result()
+        if result.problem is not None:
+            log.error("gate of block %s could not be rebuilt: %s", name, result.problem)
 
     async def leases(self) -> dict[str, float | None]:
         """Seconds left of each loaded block's lease as the kernel has it (None: closed)."""
-        return await self._run(self._leases, self._gate.leases, tuple(self._gate.loaded))
+        return await self._run(self._gate.leases, tuple(self._gate.loaded))
 
     async def remove_leftovers(self) -> StepResult:
-        result = await self._run(self._worker, self._gate.remove_leftovers)
+        result = await self._run(self._gate.remove_leftovers)
         self._leftovers = result.as_dict()
         return result
 
     def cancel(self, name: str) -> None:
-        """Nothing to stop: every gate change is one transaction."""
+        """Nothing to stop: a lease change is one small transaction."""
 
     def status(self) -> dict:
         """The gate as this agent last set it; `leases()` asks the kernel."""
@@ -464,5 +497,5 @@ class NftStep:
         }
 
     async def close(self) -> None:
-        for executor in {id(e): e for e in (self._worker, self._leases)}.values():
-            await self._run(executor, self._gate.close)
+        await self._run(self._gate.close)
+        self._gate.close()

@@ -44,10 +44,6 @@ V6_TARGETS = ("2001:db8:1::5", "2001:db8:2::7")
 DEADLINE = 20.0
 
 
-def run(coroutine):
-    return asyncio.run(coroutine)
-
-
 def wait_until(condition, what: str, timeout: float = DEADLINE) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -171,14 +167,40 @@ def _into(netns: str) -> None:
         os.close(fd)
 
 
+class NodeLoop:
+    """Runs coroutines on one thread that lives in the node namespace, as the daemon's
+    loop lives in its own: the gate's lease messages go from the loop's thread."""
+
+    def __init__(self, node: str) -> None:
+        self._thread = ThreadPoolExecutor(1, initializer=_into, initargs=(node,))
+
+    def run(self, coroutine):
+        return self._thread.submit(asyncio.run, coroutine).result()
+
+    def refresh(self, step: NftStep, blocks: list[Block]) -> None:
+        """What the runtime does on every advert timer."""
+        async def tick() -> None:
+            step.refresh(blocks)
+        self.run(tick())
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+
+
+@pytest.fixture
+def loop(pair):
+    node_loop = NodeLoop(pair.node)
+    yield node_loop
+    node_loop.close()
+
+
 @pytest.fixture
 def make_step(pair):
     pools: list[ThreadPoolExecutor] = []
 
     def make(lease: float = 30.0) -> NftStep:
-        bulk, leases = (ThreadPoolExecutor(1, initializer=_into, initargs=(pair.node,)) for _ in range(2))
-        pools.extend((bulk, leases))
-        return NftStep(bulk, lease, leases)
+        pools.append(ThreadPoolExecutor(1, initializer=_into, initargs=(pair.node,)))
+        return NftStep(pools[-1], lease)
 
     yield make
     for pool in pools:
@@ -195,37 +217,37 @@ def assert_serves(pair: Pair, wanted: bool) -> None:
         assert not any(seen.values()), seen
 
 
-def test_closed_after_prepare_open_after_take_closed_after_release(pair, make_step):
+def test_closed_after_prepare_open_after_take_closed_after_release(pair, make_step, loop):
     # Without a gate, the routes and addresses a dead agent left answer for the block.
     assert_serves(pair, True)
     step = make_step()
-    run(step.prepare([BLOCK]))
+    loop.run(step.prepare([BLOCK]))
     assert_serves(pair, False)
     assert pair.own_address_works()
 
-    result = run(step.take(BLOCK))
+    result = loop.run(step.take(BLOCK))
     assert result.ok and result.applied == 1, result
     assert_serves(pair, True)
     assert pair.own_address_works()
 
-    result = run(step.release(BLOCK))
+    result = loop.run(step.release(BLOCK))
     assert result.ok, result
     assert_serves(pair, False)
     assert pair.own_address_works()
-    assert run(step.leases()) == {"ext": None}
+    assert loop.run(step.leases()) == {"ext": None}
 
 
-def test_without_refresh_the_lease_runs_out_and_the_node_stops_serving_by_itself(pair, make_step):
+def test_without_refresh_the_lease_runs_out_and_the_node_stops_serving_by_itself(pair, make_step, loop):
     lease = 1.0
     step = make_step(lease)
-    run(step.prepare([BLOCK]))
-    assert run(step.take(BLOCK)).ok
+    loop.run(step.prepare([BLOCK]))
+    assert loop.run(step.take(BLOCK)).ok
     # Refreshed, the gate stays open well past one lease.
     refreshed_until = time.monotonic() + 3 * lease
     while time.monotonic() < refreshed_until:
-        run(step.refresh([BLOCK]))
+        loop.refresh(step, [BLOCK])
         time.sleep(lease / 5)
-    left = run(step.leases())["ext"]
+    left = loop.run(step.leases())["ext"]
     assert left is not None and left > lease / 2, left
     assert pair.arp_reply(V4_TARGETS[0]) and pair.ping(V4_TARGETS[0])
     assert step.status()["refresh"]["failed"] == 0
@@ -235,11 +257,11 @@ def test_without_refresh_the_lease_runs_out_and_the_node_stops_serving_by_itself
     wait_until(lambda: not pair.arp_reply(V4_TARGETS[0]) and not pair.ping(V4_TARGETS[0]),
                "ARP and ping stop after the lease", timeout=lease + DEADLINE)
     assert time.monotonic() - stopped >= lease / 2
-    assert run(step.leases())["ext"] is None
+    assert loop.run(step.leases())["ext"] is None
     assert_serves(pair, False)
 
 
-def test_an_operator_table_is_byte_for_byte_untouched(pair, make_step):
+def test_an_operator_table_is_byte_for_byte_untouched(pair, make_step, loop):
     subprocess.run(["ip", "netns", "exec", pair.node, "nft", "-f", "-"], check=True, text=True, input=(
         "table inet filter {\n counter seen {}\n chain input {\n  type filter hook input priority 0; policy accept;\n"
         "  tcp dport 9 counter drop\n  udp dport 9 counter name seen\n }\n}\n"))
@@ -247,100 +269,104 @@ def test_an_operator_table_is_byte_for_byte_untouched(pair, make_step):
     step = make_step()
     narrowed = Block("ext", "n0", (ip_network("198.18.0.0/25"), ip_network("2001:db8:1::/124")),
                      BLOCK.addresses + (ip_address("203.0.113.8"),))
-    run(step.prepare([BLOCK]))
-    assert run(step.take(BLOCK)).ok
-    run(step.refresh([BLOCK]))
-    assert run(step.adjust(BLOCK, narrowed)).ok
-    assert run(step.repair(narrowed)).ok
-    assert run(step.release(narrowed)).ok
-    assert run(step.remove_leftovers()).ok
-    assert run(make_step().remove_leftovers()).applied == 2
+    loop.run(step.prepare([BLOCK]))
+    assert loop.run(step.take(BLOCK)).ok
+    loop.refresh(step, [BLOCK])
+    assert loop.run(step.adjust(BLOCK, narrowed)).ok
+    assert loop.run(step.repair(narrowed)).ok
+    assert loop.run(step.release(narrowed)).ok
+    assert loop.run(step.remove_leftovers()).ok
+    assert loop.run(make_step().remove_leftovers()).applied == 2
     assert pair.nft("-j", "list", "table", "inet", "filter") == before
 
 
-def test_a_rejected_transaction_reports_libnftables_text_and_changes_nothing(pair, make_step):
+def test_a_rejected_transaction_reports_libnftables_text_and_changes_nothing(pair, make_step, loop):
     step = make_step()
-    run(step.prepare([BLOCK]))
+    loop.run(step.prepare([BLOCK]))
     before = [pair.nft("-j", "list", "table", family, "dpagent") for family in ("inet", "arp")]
     overlapping = Block("ext", "n0", BLOCK.prefixes + (ip_network("198.18.0.128/25"),), BLOCK.addresses)
-    result = run(step.adjust(BLOCK, overlapping))
+    result = loop.run(step.adjust(BLOCK, overlapping))
     assert not result.ok and "Error:" in result.problem and "interval" in result.problem, result
     garbage = Block("ext", "n0", BLOCK.prefixes, BLOCK.addresses + ("198.18.0.300",))
-    result = run(step.adjust(BLOCK, garbage))
+    result = loop.run(step.adjust(BLOCK, garbage))
     assert not result.ok and result.problem.startswith("bad input"), result
     assert [pair.nft("-j", "list", "table", family, "dpagent") for family in ("inet", "arp")] == before
     # The gate still works as it was loaded.
-    assert run(step.take(BLOCK)).ok
+    assert loop.run(step.take(BLOCK)).ok
     assert_serves(pair, True)
 
 
-def test_one_bad_block_keeps_no_other_block_out(pair, make_step):
+def test_one_bad_block_keeps_no_other_block_out(pair, make_step, loop):
     step = make_step()
     bad = Block("bad", "n0", (ip_network("198.51.100.0/24"), ip_network("198.51.100.0/25")), ())
-    run(step.prepare([bad, BLOCK]))
+    loop.run(step.prepare([bad, BLOCK]))
     status = step.status()
     assert set(status["problems"]) == {"bad"} and "Error:" in status["problems"]["bad"], status
-    assert run(step.take(BLOCK)).ok
-    result = run(step.take(bad))
+    assert loop.run(step.take(BLOCK)).ok
+    result = loop.run(step.take(bad))
     assert not result.ok and "has no gate" in result.problem
-    run(step.refresh([bad, BLOCK]))
+    loop.refresh(step, [bad, BLOCK])
     assert step.status()["refresh"]["failed"] == 0
     assert_serves(pair, True)
     # Fixed by a reload, the block taken while it had no gate gets one, open.
-    run(step.prepare([Block("bad", "n0", (ip_network("198.51.100.0/24"),), ()), BLOCK]))
+    loop.run(step.prepare([Block("bad", "n0", (ip_network("198.51.100.0/24"),), ()), BLOCK]))
     assert step.status()["problems"] == {}
-    assert run(step.leases())["bad"] is not None
+    assert loop.run(step.leases())["bad"] is not None
 
 
-def test_remove_leftovers_removes_table_dpagent_only_and_prepare_replaces_a_crashed_runs_gate(pair, make_step):
+def test_remove_leftovers_removes_table_dpagent_only_and_prepare_replaces_a_crashed_runs_gate(pair, make_step, loop):
     crashed = make_step()
-    run(crashed.prepare([BLOCK]))
-    assert run(crashed.take(BLOCK)).ok
+    loop.run(crashed.prepare([BLOCK]))
+    assert loop.run(crashed.take(BLOCK)).ok
     # The next run prepares over the crashed run's live lease: its gate starts closed.
     restarted = make_step()
-    run(restarted.prepare([BLOCK]))
-    assert run(restarted.leases()) == {"ext": None}
+    loop.run(restarted.prepare([BLOCK]))
+    assert loop.run(restarted.leases()) == {"ext": None}
     assert_serves(pair, False)
 
     subprocess.run(["ip", "netns", "exec", pair.node, "nft", "add table inet filter; add table arp filter"],
                    check=True)
     cleanup = make_step()
-    result = run(cleanup.remove_leftovers())
+    result = loop.run(cleanup.remove_leftovers())
     assert result.ok and result.applied == 2, result
     tables = pair.nft("list", "tables").split("\n")
     assert sorted(t for t in tables if t) == ["table arp filter", "table inet filter"]
     assert_serves(pair, True)
 
 
-def test_a_flushed_ruleset_is_rebuilt_by_the_next_refresh(pair, make_step):
+def test_a_flushed_ruleset_is_rebuilt_by_the_next_refresh(pair, make_step, loop):
     step = make_step()
-    run(step.prepare([BLOCK]))
-    assert run(step.take(BLOCK)).ok
+    loop.run(step.prepare([BLOCK]))
+    assert loop.run(step.take(BLOCK)).ok
     pair.nft("flush", "ruleset")
-    run(step.refresh([BLOCK]))
-    assert run(step.leases())["ext"] is not None
-    assert run(step.repair(BLOCK)).applied == 0
+
+    async def advert_then_look() -> dict:
+        step.refresh([BLOCK])
+        # Queued in the worker behind the rebuild the refresh found necessary.
+        return await step.leases()
+    assert loop.run(advert_then_look())["ext"] is not None
+    assert loop.run(step.repair(BLOCK)).applied == 0
     pair.nft("flush", "table", "inet", "dpagent")
-    result = run(step.repair(BLOCK))
+    result = loop.run(step.repair(BLOCK))
     assert result.ok and result.applied == 1, result
     assert_serves(pair, True)
-    run(step.release(BLOCK))
+    loop.run(step.release(BLOCK))
     assert_serves(pair, False)
 
 
-def test_an_address_moved_to_another_block_is_served_by_its_new_block(pair, make_step):
+def test_an_address_moved_to_another_block_is_served_by_its_new_block(pair, make_step, loop):
     loose = ip_address("203.0.113.7")
     rest = Block("ext", "n0", BLOCK.prefixes, tuple(a for a in BLOCK.addresses if a != loose))
     old, new = Block("old", "n0", (), (loose,)), Block("new", "n0", (), (loose,))
     step = make_step()
-    run(step.prepare([old, rest]))
-    assert run(step.take(old)).ok and run(step.take(rest)).ok
+    loop.run(step.prepare([old, rest]))
+    assert loop.run(step.take(old)).ok and loop.run(step.take(rest)).ok
     wait_until(lambda: pair.arp_reply(str(loose)), "the old block serves the address")
     # A reload moves the address: the old block keeps its gate while it is held.
-    run(step.prepare([rest, new]))
-    assert run(step.leases())["old"] is not None
-    result = run(step.release(old))
+    loop.run(step.prepare([rest, new]))
+    assert loop.run(step.leases())["old"] is not None
+    result = loop.run(step.release(old))
     assert result.ok and result.detail.get("removed") == "old", result
     assert ".old" not in pair.nft("list", "ruleset")
-    assert run(step.take(new)).ok
+    assert loop.run(step.take(new)).ok
     wait_until(lambda: pair.arp_reply(str(loose)) and pair.ping(str(loose)), "the new block serves the address")

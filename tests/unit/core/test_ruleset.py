@@ -41,31 +41,47 @@ def test_every_command_names_table_dpagent_and_no_other():
     json.dumps(ruleset.document(commands))
 
 
+def elements_of(commands: list[dict]) -> dict[tuple[str, str], list]:
+    found: dict[tuple[str, str], list] = {}
+    for e in objects(commands, "add", "element"):
+        found.setdefault((e["family"], e["name"]), []).extend(e["elem"])
+    return found
+
+
 def test_a_block_of_both_versions_loads_loose_addresses_into_plain_sets_and_prefixes_into_interval_sets():
-    sets = sets_of(ruleset.add_block(EXT))
-    assert sets[("inet", "addr4.ext")]["elem"] == ["203.0.113.7", "203.0.113.9"]
+    commands = ruleset.add_block(EXT)
+    sets, elements = sets_of(commands), elements_of(commands)
+    assert elements[("inet", "addr4.ext")] == ["203.0.113.7", "203.0.113.9"]
     assert "flags" not in sets[("inet", "addr4.ext")]
     assert sets[("inet", "net4.ext")]["flags"] == ["interval"]
-    assert sets[("inet", "net4.ext")]["elem"] == [{"prefix": {"addr": "198.18.0.0", "len": 24}},
-                                                 {"prefix": {"addr": "198.18.2.0", "len": 23}}]
+    assert elements[("inet", "net4.ext")] == [{"prefix": {"addr": "198.18.0.0", "len": 24}},
+                                             {"prefix": {"addr": "198.18.2.0", "len": 23}}]
     assert sets[("inet", "addr6.ext")] == {"family": "inet", "table": "dpagent", "name": "addr6.ext",
-                                           "type": "ipv6_addr", "elem": ["2001:db8:2::7"]}
-    assert sets[("inet", "net6.ext")]["elem"] == [{"prefix": {"addr": "2001:db8:1::", "len": 124}}]
+                                           "type": "ipv6_addr"}
+    assert elements[("inet", "addr6.ext")] == ["2001:db8:2::7"]
+    assert elements[("inet", "net6.ext")] == [{"prefix": {"addr": "2001:db8:1::", "len": 124}}]
     # ARP carries IPv4 only; the arp table's sets are its own copies.
-    assert sets[("arp", "addr4.ext")]["elem"] == sets[("inet", "addr4.ext")]["elem"]
-    assert sets[("arp", "net4.ext")]["elem"] == sets[("inet", "net4.ext")]["elem"]
+    assert elements[("arp", "addr4.ext")] == elements[("inet", "addr4.ext")]
+    assert elements[("arp", "net4.ext")] == elements[("inet", "net4.ext")]
     assert ("arp", "addr6.ext") not in sets
     # The leases start empty: a prepared gate is closed.
     assert sets[("inet", "lease.ext")] == {"family": "inet", "table": "dpagent", "name": "lease.ext",
                                            "type": "nf_proto", "flags": ["timeout"]}
     assert sets[("arp", "lease.ext")]["type"] == "ether_type"
-    assert "elem" not in sets[("arp", "lease.ext")]
+    assert not any(name == "lease.ext" for _family, name in elements)
+
+
+def test_members_come_after_the_whole_gate_so_a_load_in_parts_is_a_gate_from_the_first():
+    commands = ruleset.add_block(EXT)
+    first_element = next(i for i, c in enumerate(commands) if "element" in c["add"])
+    assert all("element" in c["add"] for c in commands[first_element:])
+    assert len(objects(commands[:first_element], "add", "rule")) == sum(ruleset.rule_counts("ext").values())
 
 
 def test_an_empty_kind_gets_an_empty_set_so_an_adjust_can_fill_it():
-    sets = sets_of(ruleset.add_block(block("v4only", "198.18.0.0/16")))
-    assert "elem" not in sets[("inet", "addr6.ext".replace("ext", "v4only"))]
-    assert len(sets) == 5 + 3
+    commands = ruleset.add_block(block("v4only", "198.18.0.0/16"))
+    assert len(sets_of(commands)) == 5 + 3
+    assert set(elements_of(commands)) == {("inet", "net4.v4only"), ("arp", "net4.v4only")}
 
 
 def test_chains_hook_prerouting_before_conntrack_and_both_outputs():
@@ -243,6 +259,27 @@ def test_a_prefix_replaced_by_an_address_inside_it_moves_to_the_plain_set():
                                 "elem": [{"prefix": {"addr": "2001:db8:1::", "len": 124}}]}}},
         {"add": {"element": {"family": "inet", "table": "dpagent", "name": "addr6.ext", "elem": ["2001:db8:1::5"]}}},
     ]
+
+
+def test_transactions_cut_element_commands_to_the_limit_and_keep_the_order():
+    commands = ruleset.add_block(block("big", "198.18.0.0/16", *(f"198.19.0.{i}" for i in range(10))))
+    assert ruleset.transactions(commands, None) == [commands]
+    assert ruleset.transactions([], None) == []
+    cut = ruleset.transactions(commands, 4)
+    assert [c for t in cut for c in t][: len(commands) - 4] == commands[: len(commands) - 4]
+    assert all(sum(len(c["add"].get("element", {}).get("elem", ())) for c in t) <= 4 for t in cut)
+    # Whatever the cut, the same elements go into the same sets, in the same order.
+    assert elements_of([c for t in cut for c in t]) == elements_of(commands)
+    # The first transaction is the whole gate, closed.
+    assert len(objects(cut[0], "add", "rule")) == sum(ruleset.rule_counts("big").values())
+
+
+def test_inverse_undoes_a_transaction_of_element_changes_last_first():
+    changes = delta(EXT, block("ext", "198.18.0.0/24", "203.0.113.8"))
+    undo = ruleset.inverse(changes)
+    swap = {"add": "delete", "delete": "add"}
+    assert [next(iter(c)) for c in undo] == [swap[next(iter(c))] for c in reversed(changes)]
+    assert ruleset.inverse(undo) == changes
 
 
 # --- bad input -----------------------------------------------------------------------------
