@@ -5,9 +5,10 @@
 interval, and the runtime's advert timer keeps them alive with `refresh`. An
 agent that dies or hangs stops refreshing, the kernel lets the elements expire,
 and the node stops answering ARP / NDP and accepting traffic for the block by
-itself, while the peer takes over. Every change is one transaction, so one the
-kernel rejects leaves table dpagent as it was; its error text (libnftables',
-or the errno of a lease message) becomes the step's problem.
+itself, while the peer takes over. A change the kernel rejects leaves table
+dpagent as it was, and its error text (libnftables', or the errno of a lease
+message) becomes the step's problem. (A change cut into several transactions,
+see below: an adjust is undone; a block whose load fails part-way is removed.)
 
 Bulk work (sets, chains, rules, member deltas) goes through libnftables JSON in
 the worker the step is given. The leases go straight to the kernel as nfnetlink
