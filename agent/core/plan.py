@@ -23,6 +23,7 @@ class Step:
 
 
 TAKEOVER: tuple[Step, ...] = (
+    Step("gate", before_traffic=True),                      # nftables: the block's lease, opened
     Step("addresses", before_traffic=True),                 # AnyIP routes, IPv6 interface addresses
     Step("announce", before_traffic=False, announces=True),  # gratuitous ARP / unsolicited NA rounds
 )

@@ -11,6 +11,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 
 from agent.dataplane.addresses import AddressStep
 from agent.dataplane.announce import AnnounceStep
+from agent.dataplane.nft import NftStep
 from agent.dataplane.step import DataplaneStep, StepResult
 from agent.runtime.scheduling import normal_priority
 
@@ -20,9 +21,13 @@ def worker(name: str) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=normal_priority)
 
 
-def build_steps(loop: asyncio.AbstractEventLoop, workers: dict[str, Executor]) -> tuple[DataplaneStep, ...]:
-    """Every facility; core.plan decides their order."""
-    return (AddressStep(workers["netlink"]), AnnounceStep(loop, workers["announce"]))
+WORKERS = ("netlink", "announce", "nft")
+
+
+def build_steps(loop: asyncio.AbstractEventLoop, workers: dict[str, Executor], lease: float) -> tuple[DataplaneStep, ...]:
+    """Every facility; core.plan decides their order. `lease`: how long the gate stays
+    open without a refresh (one dead interval)."""
+    return (NftStep(workers["nft"], lease), AddressStep(workers["netlink"]), AnnounceStep(loop, workers["announce"]))
 
 
 async def remove_leftovers(steps: tuple[DataplaneStep, ...]) -> dict:
@@ -36,8 +41,9 @@ async def remove_leftovers(steps: tuple[DataplaneStep, ...]) -> dict:
 
 
 async def remove_everything() -> dict:
-    workers = {name: worker(name) for name in ("netlink", "announce")}
-    steps = build_steps(asyncio.get_running_loop(), workers)
+    workers = {name: worker(name) for name in WORKERS}
+    # A cleanup opens no lease: any positive value will do.
+    steps = build_steps(asyncio.get_running_loop(), workers, lease=1.0)
     try:
         return await remove_leftovers(steps)
     finally:

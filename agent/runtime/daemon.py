@@ -22,7 +22,7 @@ from agent.core.events import CarrierLost, Shutdown
 from agent.core.links import UP, heartbeat_usable, link_events
 from agent.core.wire import KeyRing
 from agent.runtime import metrics, status, verbs
-from agent.runtime.cleanup import build_steps, remove_leftovers, worker
+from agent.runtime.cleanup import WORKERS, build_steps, remove_leftovers, worker
 from agent.runtime.control import ControlServer
 from agent.runtime.epoch import next_epoch
 from agent.runtime.heartbeat import HeartbeatPort
@@ -53,8 +53,11 @@ class Daemon:
                              tick=lambda: self.runner.refresh())
         self.ports = {link.interface: HeartbeatPort(link, self.loop, self.pump.datagram, self._on_port)
                       for link in config.heartbeat}
-        self.workers = {name: worker(name) for name in ("netlink", "announce", "config")}
-        self.runner = StepRunner(self.loop, build_steps(self.loop, self.workers), self.history)
+        self.workers = {name: worker(name) for name in (*WORKERS, "config")}
+        # The gate's lease is one dead interval: a hung agent's node stops serving by the
+        # time the peer, at the earliest, takes over.
+        steps = build_steps(self.loop, self.workers, lease=config.node.dead_interval)
+        self.runner = StepRunner(self.loop, steps, self.history)
         self.configuration = Configuration(config, self.loop, self.workers["config"], pump=self.pump,
                                            runner=self.runner, history=self.history, notifier=self.notifier)
         handlers = verbs.handlers(self.pump, self.status, metrics.render, self.configuration.reload)

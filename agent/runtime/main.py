@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         print(format_errors(path, exc.errors), file=sys.stderr)
         print("dpagent: refusing to start with an invalid configuration", file=sys.stderr)
         return EXIT_CONFIG
+    # A worker thread holding the GIL must hand it to the real-time loop within 1 ms
+    # (Python's default is 5 ms): the loop refreshes the gate's lease on every advert.
+    sys.setswitchinterval(0.001)
     try:
         # Before anything touches the kernel or the state directory's files.
         acquire(config.node.state_dir)

@@ -88,8 +88,12 @@ class CorePump:
             self._timer = self.loop.call_at(due, self._on_timer)
 
     def _on_timer(self) -> None:
-        now = self.loop.time()
-        lag = now - (self._timer_due or now)
+        due = self._timer_due or self.loop.time()
+        # The loop's timers have millisecond resolution and may fire a little early:
+        # taken as on time, or the core would find nothing due and the timer would
+        # spin until it is.
+        now = max(self.loop.time(), due)
+        lag = now - due
         self._timer, self._timer_due = None, None
         try:
             self.max_lag = max(self.max_lag, lag)

@@ -215,7 +215,7 @@ def test_block_added_and_removed_on_reload_while_master(lab):
     reloads = [t for t in status["transitions"] if t["reason"] == "reload"]
     assert [(t["old"], t["new"]) for t in reloads] == [("MASTER", "MASTER")] * 2
     assert [[step["name"] for step in t["steps"]] for t in reloads] == [
-        ["take:extra", "announce:extra"], ["release:extra"]]
+        ["open-gate:extra", "take:extra", "announce:extra"], ["release:extra", "close-gate:extra"]]
     assert all(step["ok"] for t in reloads for step in t["steps"])
 
 

@@ -28,3 +28,11 @@ def test_reannounce_runs_only_the_announcing_steps():
 def test_every_planned_facility_is_named_once():
     names = [s.facility for s in plan.TAKEOVER]
     assert len(names) == len(set(names))
+
+
+def test_the_gate_opens_before_the_addresses_are_local_and_closes_after_they_are_gone():
+    everything = {"gate", "addresses", "announce"}
+    assert [s.facility for s in plan.takeover(everything)] == ["gate", "addresses", "announce"]
+    assert [s.facility for s in plan.release(everything)] == ["announce", "addresses", "gate"]
+    first, behind = plan.phases(plan.takeover(everything))
+    assert [s.facility for s in first] == ["gate", "addresses"]
