@@ -55,6 +55,8 @@ from agent.core.wire import (
 
 # Re-announcements after a heal or a link's return, at most this often (seconds).
 REANNOUNCE_EVERY = 1.0
+# Adverts of slack after k missed ones before a peer counts as dead (see _Peer.dead_after).
+TIE_MARGIN = 0.25
 
 
 class Input(Enum):
@@ -154,8 +156,12 @@ class _Peer:
 
     @property
     def dead_after(self) -> float:
-        """Silence after which this peer counts as dead, from its own measured loss."""
-        return self.multiplier * self.interval
+        """Silence after which this peer counts as dead, from its own measured loss.
+
+        Plus a quarter interval: without it the k-th advert after the last one heard
+        arrives exactly at the deadline, and k - 1 lost adverts are a coin toss
+        between the frame and the takeover (VRRP's skew time covers the same tie)."""
+        return (self.multiplier + TIE_MARGIN) * self.interval
 
 
 class Node:
