@@ -112,8 +112,9 @@ _NODE = (
         "flapping node does not move the blocks back and forth."),
     Key("advert_interval", NUMBER, limits.ADVERT_INTERVAL, 0.05, "Seconds between two heartbeat adverts."),
     Key("dead_multiplier", INTEGER, limits.DEAD_MULTIPLIER, 3,
-        "Missed adverts after which the peer is declared dead: with the default interval "
-        "and multiplier a failover starts 150 ms after the master dies."),
+        "Missed adverts after which the peer is declared dead (plus a quarter interval, "
+        "so that the last one arriving on time is never a coin toss): with the default "
+        "interval and multiplier a failover starts 162.5 ms after the master's last advert."),
     Key("dead_interval_max", NUMBER, limits.DEAD_INTERVAL_MAX, 1.0,
         "Seconds: the longest dead interval loss-tolerant detection may use. Each node "
         "measures the loss of every peer's adverts from their sequence numbers and waits "
