@@ -88,11 +88,14 @@ class CorePump:
             self._timer = self.loop.call_at(due, self._on_timer)
 
     def _on_timer(self) -> None:
-        due = self._timer_due or self.loop.time()
-        # The loop's timers have millisecond resolution and may fire a little early:
-        # taken as on time, or the core would find nothing due and the timer would
-        # spin until it is.
-        now = max(self.loop.time(), due)
+        now = self.loop.time()
+        due = self._timer_due or now
+        if now < due:
+            # The loop's timers have millisecond resolution and may fire a little
+            # early: wait for the due time itself (the core's times are exact: a
+            # preempt_delay is never cut short), without a tick for nothing.
+            self._timer = self.loop.call_at(due, self._on_timer)
+            return
         lag = now - due
         self._timer, self._timer_due = None, None
         try:
