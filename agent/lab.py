@@ -349,6 +349,17 @@ prefixes = ["{block}"]
             time.sleep(0.02)
         raise TimeoutError(f"fw{node} does not follow master fw{master} within {timeout} s")
 
+    def wait_heard_on(self, node: int, links: list[str], timeout: float = 10.0) -> dict:
+        """Wait until fw<node> hears its peer on exactly these heartbeat links: the frame
+        that made it a backup came on one link, the other link's may come a moment later."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status(node)
+            if status and status["node"]["peers"] and status["node"]["peers"][0]["links"] == links:
+                return status
+            time.sleep(0.02)
+        raise TimeoutError(f"fw{node} does not hear its peer on {links} within {timeout} s")
+
     def holds_block(self, node: int) -> bool:
         """True if the kernel of fw<node> has any AnyIP route of dpagent's, whatever the agent says."""
         out = self.exec(f"fw{node}", ["ip", "route", "show", "table", "local", "proto", str(DPAGENT_PROTO)]).stdout

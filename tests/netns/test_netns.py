@@ -31,6 +31,15 @@ def wait_gone(pids: list[int], timeout: float = 5.0) -> list[int]:
     return left
 
 
+def wait_for(check, timeout: float = 10.0):
+    """The first true value of check(), polled until the deadline."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+    return value
+
+
 def children_of(pid: int) -> list[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as fh:
         return [int(p) for p in fh.read().split()]
@@ -53,15 +62,15 @@ def test_close_runs_after_a_failure_and_ends_process_groups_pids_and_stragglers(
             name = spaces.new("procs")
             # A group leader with a child of its own: the group goes whole.
             leader = spaces.spawn(name, ["sh", "-c", "sleep 60 & exec sleep 60"])
-            time.sleep(0.3)
-            grandchild = children_of(leader.pid)
-            assert grandchild
+            grandchild = wait_for(lambda: children_of(leader.pid))
             # A plain PID, not leading a group.
             plain = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "60"])
             spaces.register(plain.pid)
             # Started in the namespace but never registered: found there and ended by PID.
             stray = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "60"], start_new_session=True)
-            time.sleep(0.2)
+            # Only once it runs inside the namespace can close() find it there.
+            wait_for(lambda: str(stray.pid) in subprocess.run(
+                ["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split())
             raise RuntimeError("boom")
     plain.wait(timeout=5)
     stray.wait(timeout=5)

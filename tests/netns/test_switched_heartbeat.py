@@ -20,7 +20,7 @@ def test_node_death_over_a_switch_is_told_by_the_dead_interval_and_traffic_resum
     lab.wait_state(1, "MASTER")
     lab.start_agent(2)
     lab.wait_master_seen(2, 1)
-    assert lab.status(2)["node"]["peers"][0]["links"] == ["hb0", "hb1"]
+    lab.wait_heard_on(2, ["hb0", "hb1"])
     fw2_mac = lab.mac("fw2", "ext0")
     probe = lab.start_probe(4.0)
     time.sleep(0.5)
