@@ -8,16 +8,18 @@ the loose addresses outside them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from agent.config.files import classic_lines, read_text
 from agent.config.keys import looks_secret
 from agent.config.messages import ConfigError, reason
-from agent.config.model import AnnounceConfig, Block
+from agent.config.model import AnnounceConfig, Block, L2Config
 from agent.config.parse import Table, parse_address, parse_prefix
-from agent.config.schema import MAX_LOOSE_ADDRESSES, MAX_V6_ADDRESSES, MAX_V6_BLOCK_ADDRESSES, TABLES_BY_PATH
+from agent.config.schema import (
+    MAX_LOOSE_ADDRESSES, MAX_V6_ADDRESSES, MAX_V6_BLOCK_ADDRESSES, TABLES_BY_PATH, VMAC_PREFIX,
+)
 from agent.core.packing import IPAddress, IPNetwork
 
 
@@ -31,6 +33,8 @@ class _Draft:
     prefixes: dict[IPNetwork, str]
     loose: dict[IPAddress, tuple[str, str]]  # address -> (key path, FILE:LINE or "")
     announce: AnnounceConfig | None
+    l2: L2Config | None = None
+    where: str = ""
 
 
 def build_blocks(tables: list[dict] | None, base: Path, errors: list[ConfigError]) -> tuple[Block, ...] | None:
@@ -46,6 +50,7 @@ def build_blocks(tables: list[dict] | None, base: Path, errors: list[ConfigError
     _check_unique_names(drafts, errors)
     _check_overlaps(drafts, errors)
     _check_v6_counts(drafts, errors)
+    _check_l2(drafts, errors)
     if len(errors) != before:
         return None
     return tuple(_finish(d) for d in drafts)
@@ -56,7 +61,7 @@ def _draft(index: int, table: dict, base: Path, errors: list[ConfigError], budge
     name = t.value("name")
     interface = t.value("interface")
     before = len(errors)
-    draft = _Draft(index, name or "", interface, {}, {}, _announce(t))  # type: ignore[arg-type]
+    draft = _Draft(index, name or "", interface, {}, {}, _announce(t), _l2(t), t.where)  # type: ignore[arg-type]
     for key, text in t.strings("prefixes"):
         net = parse_prefix(text)
         if isinstance(net, str):
@@ -80,6 +85,61 @@ def _announce(block: Table) -> AnnounceConfig | None:
     t = Table(table, block.key("announce"), block.errors, TABLES_BY_PATH["block.announce"])  # type: ignore[arg-type]
     values = {name: t.value(name) for name in t.keys}
     return None if None in values.values() else AnnounceConfig(**values)  # type: ignore[arg-type]
+
+
+def _l2(block: Table) -> L2Config | None:
+    table = block.value("l2")
+    if table is None:
+        return None
+    t = Table(table, block.key("l2"), block.errors, TABLES_BY_PATH["block.l2"])  # type: ignore[arg-type]
+    before = len(t.errors)
+    values = {name: t.value(name) for name in t.keys}
+    if values["mode"] == "vmac" and values["vrid"] is None and "vrid" not in t.table:
+        t.error("vrid", None, "is required with mode vmac")
+    if values["cluster_mac"] is not None:
+        mac = _mac(values["cluster_mac"])  # type: ignore[arg-type]
+        if mac is None:
+            t.error("cluster_mac", values["cluster_mac"], "must be a MAC address like 01:00:5e:00:01:01")
+        elif not int(mac[:2], 16) & 1:
+            t.error("cluster_mac", values["cluster_mac"],
+                    "must be a multicast MAC (lowest bit of the first octet set), so that every node receives it")
+        values["cluster_mac"] = mac
+    return None if len(t.errors) != before else L2Config(**values)  # type: ignore[arg-type]
+
+
+def _mac(text: str) -> str | None:
+    """The MAC in lower case with colons, or None if `text` is not six hex octets."""
+    parts = text.replace("-", ":").split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts):
+        return None
+    return ":".join(parts).lower()
+
+
+def _check_l2(drafts: list[_Draft], errors: list[ConfigError]) -> None:
+    """A vmac block speaks one IP version (its MAC says which); vmacs and cluster MACs are
+    not shared between blocks of one node, or two blocks would move as one."""
+    seen: dict[tuple, str] = {}
+    for draft in drafts:
+        l2 = draft.l2 or L2Config()
+        if l2.mode == "garp":
+            continue
+        versions = {a.version for a in draft.loose} | {n.version for n in draft.prefixes}
+        if l2.mode == "vmac":
+            if len(versions) > 1:
+                errors.append(ConfigError(f"{draft.where}.l2.mode", l2.mode,
+                                          "a vmac block holds addresses of one IP version: its MAC "
+                                          "(00:00:5e:00:01:VRID or 00:00:5e:00:02:VRID) says which; "
+                                          "split it into an IPv4 and an IPv6 block"))
+                continue
+            identity: tuple = ("vrid", l2.vrid, *versions)
+            key, value = "vrid", l2.vrid
+        else:
+            identity = ("cluster_mac", draft.interface, l2.cluster_mac)
+            key, value = "cluster_mac", l2.cluster_mac
+        if identity in seen:
+            errors.append(ConfigError(f"{draft.where}.l2.{key}", value, f"already used by block {seen[identity]}"))
+        else:
+            seen[identity] = draft.name
 
 
 class _Budget:
@@ -240,7 +300,11 @@ class _PrefixIndex:
 def _finish(draft: _Draft) -> Block:
     prefixes = tuple(sorted(draft.prefixes, key=_sort_key))
     addresses = tuple(sorted(draft.loose, key=_sort_key))
-    return Block(draft.name, draft.interface, prefixes, addresses, draft.announce)  # type: ignore[arg-type]
+    l2 = draft.l2 or L2Config()
+    if l2.mode == "vmac":
+        version = (prefixes or addresses)[0].version
+        l2 = replace(l2, vmac=f"{VMAC_PREFIX[version]}:{l2.vrid:02x}")
+    return Block(draft.name, draft.interface, prefixes, addresses, draft.announce, l2)  # type: ignore[arg-type]
 
 
 def _sort_key(item: IPAddress | IPNetwork) -> tuple[int, int]:

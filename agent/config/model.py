@@ -66,6 +66,23 @@ class AnnounceConfig:
 
 
 @dataclass(frozen=True)
+class L2Config:
+    mode: str = default("block.l2", "mode")
+    vrid: int | None = default("block.l2", "vrid")
+    cluster_mac: str = default("block.l2", "cluster_mac")
+    buckets: int = default("block.l2", "buckets")
+    hash: str = default("block.l2", "hash")
+    hash_seed: int = default("block.l2", "hash_seed")
+    # vmac: the MAC, from vrid and the block's IP version (set when the block is built).
+    vmac: str | None = None
+
+    @property
+    def mac(self) -> str | None:
+        """The MAC neighbours must reach the block's addresses at, unless each node's own (garp)."""
+        return {"vmac": self.vmac, "cluster-mac": self.cluster_mac}.get(self.mode)
+
+
+@dataclass(frozen=True)
 class Block:
     """An address block: disjoint sorted prefixes plus the loose addresses outside them."""
 
@@ -74,6 +91,7 @@ class Block:
     prefixes: tuple[IPNetwork, ...]
     addresses: tuple[IPAddress, ...]
     announce: AnnounceConfig = AnnounceConfig()
+    l2: L2Config = L2Config()
 
     @property
     def address_count(self) -> int:

@@ -182,7 +182,44 @@ _BLOCK = (
         "addresses in all blocks together: give large ranges as prefixes."),
     Key("announce", TABLE, None, None,
         "How a takeover is announced: gratuitous ARP for IPv4, unsolicited neighbour "
-        "advertisements for IPv6, for every address of the block."),
+        "advertisements for IPv6, for every address of the block (l2 mode garp), or a few "
+        "frames from the virtual MAC (vmac)."),
+    Key("l2", TABLE, None, None,
+        "How neighbours reach the block's holder, and so what a takeover costs on the wire."),
+)
+
+# VRRP's virtual router MACs (RFC 5798): 00:00:5e:00:01:VRID for IPv4, 00:00:5e:00:02:VRID for IPv6.
+VMAC_PREFIX = {4: "00:00:5e:00:01", 6: "00:00:5e:00:02"}
+# CLUSTERIP's buckets were the nodes; 65,536 buckets keep a flip one small transaction.
+MAX_BUCKETS = 1 << 16
+
+_L2 = (
+    Key("mode", STRING, ("garp", "vmac", "cluster-mac"), "garp",
+        '"garp": each node answers ARP / NDP with its own MAC and a takeover announces every '
+        'address (a /16 is 65,536 frames). "vmac": a virtual MAC shared by the nodes, as VRRP '
+        "defines it, on a macvlan of the interface that is up only on the holder; neighbours' "
+        "entries never change and a takeover sends a few frames from it, whatever the "
+        'block\'s size. "cluster-mac": the CLUSTERIP replacement, one multicast MAC that '
+        "every node receives; ARP replies and neighbour advertisements carry it, and a flow "
+        "hash in a netdev ingress filter decides which node accepts a packet: a takeover "
+        "sends nothing at all."),
+    Key("vrid", INTEGER, (1, 255), None,
+        "Virtual router id, required with mode vmac: the MAC is "
+        f"{VMAC_PREFIX[4]}:VRID for an IPv4 block, {VMAC_PREFIX[6]}:VRID for an IPv6 one (a vmac "
+        "block holds addresses of one IP version). Unique per IP version on this node, and "
+        "the same on every node of the cluster."),
+    Key("cluster_mac", STRING, None, "01:00:5e:00:01:01",
+        "With mode cluster-mac: the shared multicast MAC (the first octet's lowest bit set), "
+        "the same on every node and different for each cluster-mac block of an interface. "
+        "It is added to the interface's multicast filter, as `ip maddr add` does."),
+    Key("buckets", INTEGER, (1, MAX_BUCKETS), 256,
+        "With mode cluster-mac: the number of flow-hash buckets; the holder owns them all "
+        "(active/passive). The same on every node."),
+    Key("hash", STRING, ("sourceip", "sourceip-sourceport", "sourceip-sourceport-destport"), "sourceip",
+        "With mode cluster-mac: what the flow hash covers, as CLUSTERIP's hashmode. It is "
+        "the outside peer's side of a packet arriving for a block address: its source."),
+    Key("hash_seed", INTEGER, (0, 0xFFFFFFFF), 0x5EED,
+        "With mode cluster-mac: the jhash seed; the same on every node."),
 )
 
 _ANNOUNCE = (
@@ -206,6 +243,7 @@ TABLES_BY_PATH: dict[str, tuple[Key, ...]] = {
     "heartbeat": _HEARTBEAT,
     "block": _BLOCK,
     "block.announce": _ANNOUNCE,
+    "block.l2": _L2,
 }
 """Schema path of a table (array indexes left out) -> its keys, in the order they are documented."""
 

@@ -12,7 +12,8 @@ from agent.config.schema import INTEGER, NUMBER, TABLES_BY_PATH, Key, describe
 from config_documents import minimal, one_error, write
 
 # Where each schema table sits in the minimal document, and how its keys are named there.
-PLACES = {"node": "node", "heartbeat": "heartbeat[0]", "block": "block[0]", "block.announce": "block[0].announce"}
+PLACES = {"node": "node", "heartbeat": "heartbeat[0]", "block": "block[0]", "block.announce": "block[0].announce",
+          "block.l2": "block[0].l2"}
 RANGED = [(path, k) for path, keys in TABLES_BY_PATH.items() for k in keys if k.type in (INTEGER, NUMBER)]
 
 
@@ -20,7 +21,7 @@ def with_value(path: str, name: str, value: object) -> dict:
     document = minimal()
     table = {"node": document["node"], "heartbeat": document["heartbeat"][0], "block": document["block"][0]}.get(path)
     if table is None:
-        table = document["block"][0].setdefault("announce", {})
+        table = document["block"][0].setdefault(path.rpartition(".")[2], {})
     table[name] = value
     return document
 

@@ -1,0 +1,62 @@
+"""[block.l2]: the L2 mode's settings, and what may not be shared between blocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.config import load_config
+from config_documents import minimal, one_error, write
+
+
+def with_blocks(*blocks: dict) -> dict:
+    document = minimal()
+    document["block"] = list(blocks)
+    return document
+
+
+def block(name: str, addresses: list[str], **l2: object) -> dict:
+    return {"name": name, "interface": "eth1", "addresses": addresses, "l2": l2}
+
+
+def test_garp_is_the_default_and_vmac_gets_the_vrrp_mac_of_its_ip_version(workdir: Path) -> None:
+    config = load_config(write(workdir, with_blocks(
+        {"name": "plain", "interface": "eth1", "addresses": ["192.0.2.9"]},
+        block("v4", ["192.0.2.10"], mode="vmac", vrid=51),
+        block("v6", ["2001:db8::10"], mode="vmac", vrid=51))))
+    plain, v4, v6 = config.blocks
+    assert (plain.l2.mode, plain.l2.mac) == ("garp", None)
+    assert v4.l2.mac == "00:00:5e:00:01:33"
+    assert v6.l2.mac == "00:00:5e:00:02:33"
+
+
+def test_vmac_needs_a_vrid(workdir: Path) -> None:
+    assert one_error(workdir, with_blocks(block("b", ["192.0.2.10"], mode="vmac"))) == (
+        "DIR/dpagent.toml: block[0].l2.vrid: is required with mode vmac")
+
+
+def test_a_vmac_block_holds_one_ip_version(workdir: Path) -> None:
+    line = one_error(workdir, with_blocks(block("b", ["192.0.2.10", "2001:db8::1"], mode="vmac", vrid=3)))
+    assert line.startswith('DIR/dpagent.toml: block[0].l2.mode = "vmac": a vmac block holds addresses of one IP version')
+
+
+def test_two_blocks_never_share_a_vrid_or_a_cluster_mac(workdir: Path) -> None:
+    assert one_error(workdir, with_blocks(block("a", ["192.0.2.10"], mode="vmac", vrid=7),
+                                          block("b", ["192.0.2.11"], mode="vmac", vrid=7))) == (
+        "DIR/dpagent.toml: block[1].l2.vrid = 7: already used by block a")
+    assert one_error(workdir, with_blocks(block("a", ["192.0.2.10"], mode="cluster-mac"),
+                                          block("b", ["192.0.2.11"], mode="cluster-mac"))) == (
+        'DIR/dpagent.toml: block[1].l2.cluster_mac = "01:00:5e:00:01:01": already used by block a')
+    # One VRID per IP version, as VRRP: the MACs differ.
+    load_config(write(workdir, with_blocks(block("a", ["192.0.2.10"], mode="vmac", vrid=7),
+                                           block("b", ["2001:db8::1"], mode="vmac", vrid=7))))
+
+
+def test_the_cluster_mac_is_a_multicast_mac(workdir: Path) -> None:
+    assert one_error(workdir, with_blocks(block("a", ["192.0.2.10"], mode="cluster-mac", cluster_mac="02:00:00:00:00:01"))) == (
+        'DIR/dpagent.toml: block[0].l2.cluster_mac = "02:00:00:00:00:01": must be a multicast MAC '
+        "(lowest bit of the first octet set), so that every node receives it")
+    assert one_error(workdir, with_blocks(block("a", ["192.0.2.10"], mode="cluster-mac", cluster_mac="01:00:5e"))) == (
+        'DIR/dpagent.toml: block[0].l2.cluster_mac = "01:00:5e": must be a MAC address like 01:00:5e:00:01:01')
+    config = load_config(write(workdir, with_blocks(block("a", ["192.0.2.10"], mode="cluster-mac",
+                                                          cluster_mac="01-00-5E-00-01-0A"))))
+    assert config.blocks[0].l2.mac == "01:00:5e:00:01:0a"
