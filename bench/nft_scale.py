@@ -20,6 +20,27 @@
   table holds an interval set of 65,536 ranges, dpagent's nfnetlink messages
   against the same elements added through libnftables (which fetches every
   interval set's elements first): why the leases bypass libnftables.
+- nft_filter_pps: packets per second through a netdev ingress filter (`type
+  filter hook ingress device rx0 priority -500`) holding the 65,536 addresses
+  198.19.0.0-198.19.255.255, as ONE rule matching a plain set of them (`ip daddr
+  @addr4 counter drop`, dpagent's set shape) against 65,536 rules, one per
+  address in ascending order (`ip daddr X counter drop`, the CLUSTERIP /
+  per-address pattern; nft adds `meta protocol ip` to each in netdev). Two
+  namespaces joined by a veth pair; bench/pktgen.c (built here with `cc -O2`)
+  sends 60-byte UDP frames from the generator's end through AF_PACKET +
+  sendmmsg (qdisc bypassed), pinned to one CPU, with destinations drawn
+  uniformly at random over the 65,536 (a fixed seed, the same frames for both):
+  the per-address chain walks half its rules per packet on average, not the
+  worst case. RPS steers the receiving end's packets to the other CPU, so the
+  filter has a CPU of its own. The figure is the increase of the filter's
+  counters (every frame matches one rule; read by one nfnetlink rule dump) per
+  second over a fixed window after a warm-up. The same generator, frames and
+  window serve both shapes; then nft_filter_ratio. A slow filter throttles the
+  generator (its frames hold its socket's send buffer until the filter frees
+  them), so both rates agree; what tells who set the pace is the filter CPU's
+  softirq share over the window (in `runs` with the generator's rate): under
+  90%, the filter had time to spare, the generator was the limit and the
+  figure prints as a lower bound (`>=`).
 
 Every figure is measured in a fresh network namespace, from a thread that lives
 in it. Prints `name{labels} value unit` lines; writes bench/results/nft_scale.json.
@@ -29,21 +50,34 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
+import re
+import shutil
+import signal
+import socket
 import statistics
+import struct
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import nftables
 from _report import RESULTS, Figures, write_result
 
 from agent.config import Block
 from agent.dataplane.nft import Gate
-from agent.netns import Namespaces, enter
+from agent.netns import Namespaces, enter, ip, run_in
 
 PREFIX = ipaddress.ip_network("198.18.0.0/16")
 LOOSE_BASE = ipaddress.IPv4Address("198.19.0.0")
 LEASE = 0.15
+PKTGEN = Path(__file__).resolve().parent / "pktgen.c"
+SENDER = ("02:00:5e:c6:12:01", "198.18.0.1")  # the generator's end of the veth: MAC, source address
+RECEIVER_MAC = "02:00:5e:c6:12:02"
+FILTER_TABLE = "bench"
 
 
 def in_netns(netns: str, work):
@@ -174,6 +208,188 @@ def refresh_during_bulk(held: Block, count: int) -> list[float]:
     return seconds
 
 
+def build_pktgen(directory: str) -> str:
+    """bench/pktgen.c compiled with `cc -O2` into `directory`; its path."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("nft_filter_pps needs a C compiler (cc): apt-get install gcc")
+    binary = os.path.join(directory, "pktgen")
+    done = subprocess.run([cc, "-O2", "-Wall", "-o", binary, str(PKTGEN)], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"building {PKTGEN.name}: {done.stderr.strip()}")
+    return binary
+
+
+def filter_document(shape: str, count: int, device: str) -> dict:
+    """A netdev ingress filter on `device` dropping, with a counter, packets to the `count`
+    loose addresses: one rule and a plain set (`dpagent-set`) or one rule per address."""
+    table = {"family": "netdev", "name": FILTER_TABLE}
+    chain = {"family": "netdev", "table": FILTER_TABLE, "name": "ingress", "type": "filter", "hook": "ingress",
+             "dev": device, "prio": -500, "policy": "accept"}
+    daddr = {"payload": {"protocol": "ip", "field": "daddr"}}
+    commands: list[dict] = [{"add": {"table": table}}, {"add": {"chain": chain}}]
+    addresses = [str(a) for a in loose(count)]
+    if shape == "dpagent-set":
+        # As the gate holds loose addresses: a plain ipv4_addr set, then its elements.
+        commands += [
+            {"add": {"set": {"family": "netdev", "table": FILTER_TABLE, "name": "addr4", "type": "ipv4_addr"}}},
+            {"add": {"element": {"family": "netdev", "table": FILTER_TABLE, "name": "addr4", "elem": addresses}}},
+            {"add": {"rule": {"family": "netdev", "table": FILTER_TABLE, "chain": "ingress", "expr": [
+                {"match": {"op": "==", "left": daddr, "right": "@addr4"}}, {"counter": None}, {"drop": None}]}}}]
+    elif shape == "per-address-rules":
+        commands += [{"add": {"rule": {"family": "netdev", "table": FILTER_TABLE, "chain": "ingress", "expr": [
+            {"match": {"op": "==", "left": daddr, "right": a}}, {"counter": None}, {"drop": None}]}}}
+            for a in addresses]
+    else:
+        raise ValueError(shape)
+    return {"nftables": commands}
+
+
+def load_filter(shape: str, count: int, device: str) -> int:
+    """Load the filter in this thread's namespace; the number of rules in its chain."""
+    rc, _output, error = nftables.Nftables().json_cmd(filter_document(shape, count, device))
+    if rc:
+        raise RuntimeError(error)
+    return filter_packets()[1]
+
+
+NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NFT_MSG_GETRULE, NFPROTO_NETDEV = 12, 10, 7, 5
+NLM_F_REQUEST, NLM_F_DUMP, NLMSG_ERROR, NLMSG_DONE = 0x1, 0x300, 2, 3
+NFTA_RULE_TABLE, NFTA_RULE_EXPRESSIONS, NFTA_EXPR_DATA, NFTA_COUNTER_PACKETS = 1, 4, 2, 2
+NLMSGHDR, NLATTR = struct.Struct("=IHHII"), struct.Struct("=HH")
+COUNTER_NAME = NLATTR.pack(12, 1) + b"counter\0"  # an expression's NFTA_EXPR_NAME attribute, "counter"
+
+
+def nla_list(data: bytes) -> list[tuple[int, bytes]]:
+    out, offset = [], 0
+    while offset + NLATTR.size <= len(data):
+        length, kind = NLATTR.unpack_from(data, offset)
+        if length < NLATTR.size:
+            break
+        out.append((kind & 0x3FFF, data[offset + NLATTR.size: offset + length]))
+        offset += (length + 3) & ~3
+    return out
+
+
+def rule_dump(table: str) -> list[bytes]:
+    """The attributes of every rule of netdev table `table`, one nfnetlink dump."""
+    name = table.encode() + b"\0"
+    attrs = NLATTR.pack(NLATTR.size + len(name), NFTA_RULE_TABLE) + name + b"\0" * (-len(name) % 4)
+    body = struct.pack("=BBH", NFPROTO_NETDEV, 0, 0) + attrs
+    request = NLMSGHDR.pack(NLMSGHDR.size + len(body), NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETRULE,
+                            NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body
+    rules: list[bytes] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+        sock.settimeout(30)
+        sock.send(request)
+        while True:
+            data, offset = sock.recv(1 << 20), 0
+            while offset + NLMSGHDR.size <= len(data):
+                length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
+                if kind == NLMSG_DONE:
+                    return rules
+                if kind == NLMSG_ERROR:
+                    (error,) = struct.unpack_from("=i", data, offset + NLMSGHDR.size)
+                    raise RuntimeError(f"rule dump: {os.strerror(-error)}")
+                rules.append(data[offset + NLMSGHDR.size + 4: offset + length])  # after nfgenmsg
+                offset += (length + 3) & ~3
+
+
+def filter_packets() -> tuple[int, int]:
+    """Packets counted by the filter's rules in this thread's namespace, summed, and how many
+    rules: one nfnetlink dump of the table's rules (libnftables would also fetch the set's
+    65,536 elements, for seconds of CPU in the middle of the measurement)."""
+    packets = rules = 0
+    for rule in rule_dump(FILTER_TABLE):
+        expressions = next(v for k, v in nla_list(rule) if k == NFTA_RULE_EXPRESSIONS)
+        # Each expression is a list element holding its name, then its data: find the
+        # counter's name; the attribute after it is its data.
+        at = expressions.find(COUNTER_NAME)
+        if at < 0:
+            continue
+        kind, data = nla_list(expressions[at + len(COUNTER_NAME):])[0]
+        if kind != NFTA_EXPR_DATA:
+            raise RuntimeError("rule dump: a counter without data")
+        packets += struct.unpack("!Q", dict(nla_list(data))[NFTA_COUNTER_PACKETS])[0]
+        rules += 1
+    return packets, rules
+
+
+def cpu_ticks() -> dict[int, list[int]]:
+    """Per CPU, /proc/stat's tick counters (user nice system idle iowait irq softirq steal)."""
+    ticks = {}
+    with open("/proc/stat") as stat:
+        for line in stat:
+            if line.startswith("cpu") and line[3].isdigit():
+                fields = line.split()
+                ticks[int(fields[0][3:])] = [int(v) for v in fields[1:9]]
+    return ticks
+
+
+def cpu_shares(before: dict[int, list[int]], after: dict[int, list[int]], cpu: int | None) -> dict[str, float]:
+    """Fractions of the CPU's unstolen ticks between two samples: busy (not idle) and softirq."""
+    if cpu is None:
+        return {}
+    user, nice, system, idle, iowait, irq, softirq, steal = (b - a for a, b in zip(before[cpu], after[cpu]))
+    total = max(1, user + nice + system + idle + iowait + irq + softirq)
+    return {"busy": (total - idle - iowait) / total, "softirq": softirq / total, "steal_ticks": steal}
+
+
+def filter_pps(binary: str, shape: str, count: int, warmup: float, window: float) -> dict:
+    """One run of nft_filter_pps in namespaces of its own: the filter's counted packets per
+    second over `window` seconds after `warmup`, and the generator's own send rate."""
+    cpus = sorted(os.sched_getaffinity(0))
+    sender_cpu, filter_cpu = (cpus[0], cpus[1]) if len(cpus) > 1 else (cpus[0], None)
+    with Namespaces("dpnft") as spaces:
+        gen, sink = spaces.new("gen"), spaces.new("sink")
+        spaces.veth(gen, "tx0", sink, "rx0", up=False)
+        ip("link", "set", "tx0", "address", SENDER[0], "up", netns=gen)
+        ip("link", "set", "rx0", "address", RECEIVER_MAC, "up", netns=sink)
+        if filter_cpu is not None:
+            # `ip netns exec` mounts the namespace's own /sys, where rx0 is.
+            run_in(sink, ["sh", "-c", f"echo {1 << filter_cpu:x} > /sys/class/net/rx0/queues/rx-0/rps_cpus"])
+        started = time.perf_counter()
+        rules = in_netns(sink, lambda: load_filter(shape, count, "rx0"))
+        load_s = time.perf_counter() - started
+        cap = warmup + window + 120  # the generator's own stop, should this process die
+        proc = spaces.spawn(gen, [binary, "tx0", SENDER[0], RECEIVER_MAC, SENDER[1], str(LOOSE_BASE), str(count),
+                                  str(cap), str(sender_cpu)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+        try:
+            time.sleep(warmup)
+
+            def read() -> tuple[float, int, float]:
+                # On the generator's CPU, away from the filter's. The dump reads each rule's
+                # counter at about the same offset from its start both times, so the
+                # window runs from one start to the other.
+                os.sched_setaffinity(0, {sender_cpu})  # this thread only
+                at = time.monotonic()
+                packets, _rules = filter_packets()
+                return at, packets, time.monotonic() - at
+
+            ticks0 = cpu_ticks()
+            t0, c0, read0 = in_netns(sink, read)
+            time.sleep(max(0.0, window - read0))
+            t1, c1, read1 = in_netns(sink, read)
+            ticks1 = cpu_ticks()
+            if proc.poll() is not None:
+                raise RuntimeError(f"pktgen ended early: {proc.stderr.read().strip()}")
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                spaces.kill(proc)
+        match = re.search(r"sent (\d+) seconds ([\d.]+) errors (\d+)", out)
+        if proc.returncode or not match:
+            raise RuntimeError(f"pktgen failed ({proc.returncode}): {err.strip()} {out.strip()}")
+        sent, sent_s, errors = int(match[1]), float(match[2]), int(match[3])
+    return {"pps": (c1 - c0) / (t1 - t0), "window_s": t1 - t0, "counted": c1 - c0, "rules": rules,
+            "load_s": load_s, "read_s": [read0, read1], "sent_pps": sent / sent_s, "send_errors": errors,
+            "sender_cpu": sender_cpu, "filter_cpu": filter_cpu,
+            "sender_cpu_share": cpu_shares(ticks0, ticks1, sender_cpu),
+            "filter_cpu_share": cpu_shares(ticks0, ticks1, filter_cpu)}
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -184,10 +400,14 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 4096, 65536])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=200, help="lease operations timed")
-    parser.add_argument("--quick", action="store_true", help="1 repeat, sizes 256 and 4,096, 50 rounds")
+    parser.add_argument("--filter-n", type=int, default=65536, help="addresses in nft_filter_pps's filter")
+    parser.add_argument("--window", type=float, default=3.0, help="seconds each nft_filter_pps run counts")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of traffic before counting")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 repeat, sizes 256 and 4,096, 50 rounds, a 2 s filter window")
     args = parser.parse_args()
     if args.quick:
-        args.repeats, args.sizes, args.rounds = 1, [256, 4096], 50
+        args.repeats, args.sizes, args.rounds, args.window = 1, [256, 4096], 50, 2.0
     figures = Figures()
     runs: dict[str, object] = {}
 
@@ -244,8 +464,31 @@ def main() -> int:
     figures.add("nft_refresh_ratio", {"vs": "libnftables", "beside": "operator-interval-set-65536"},
                 statistics.median(beside["libnftables"]) / statistics.median(beside["dpagent-netlink"]), "x")
 
+    n = args.filter_n
+    with tempfile.TemporaryDirectory(prefix="dpnft-pktgen-") as build:
+        binary = build_pktgen(build)
+        filter_runs: dict[str, list[dict]] = {"dpagent-set": [], "per-address-rules": []}
+        for _ in range(args.repeats):
+            for shape in filter_runs:
+                filter_runs[shape].append(filter_pps(binary, shape, n, args.warmup, args.window))
+    runs["filter"] = filter_runs
+    pps = {shape: statistics.median(r["pps"] for r in done) for shape, done in filter_runs.items()}
+    # Where the filter's CPU (its softirq) was not saturated, the generator set the pace and
+    # the figure is only a lower bound of what the filter passes.
+    limited = {shape: len(os.sched_getaffinity(0)) > 1 and statistics.median(
+        r["filter_cpu_share"]["softirq"] for r in done) < 0.9 for shape, done in filter_runs.items()}
+    for shape, value in pps.items():
+        figures.add("nft_filter_pps", {"system": shape, "n": n}, value, "pps", lower_bound=limited[shape])
+    figures.add("nft_filter_ratio", {"vs": "per-address-rules", "n": n},
+                pps["dpagent-set"] / pps["per-address-rules"], "x",
+                lower_bound=limited["dpagent-set"] and not limited["per-address-rules"])
+
     write_result(RESULTS / "nft_scale.json", "nft_scale",
-                 {"sizes": args.sizes, "repeats": args.repeats, "rounds": args.rounds, "lease_s": LEASE},
+                 {"sizes": args.sizes, "repeats": args.repeats, "rounds": args.rounds, "lease_s": LEASE,
+                  "filter": {"n": n, "window_s": args.window, "warmup_s": args.warmup,
+                             "destinations": "uniform random over the block, fixed seed", "frame_bytes": 60,
+                             "generator": "bench/pktgen.c: AF_PACKET sendmmsg, qdisc bypass, one pinned CPU",
+                             "receive": "veth, RPS to another CPU, netdev ingress priority -500"}},
                  figures, runs)
     return 0
 
