@@ -48,6 +48,7 @@ HB_GROUP = "239.255.77.77"
 HB_GROUP_V6 = "ff02::77"
 HB_PORT = 7788
 CLIENT_EXT = "203.0.113.10"
+CLIENT_EXT6 = "2001:db8:e::10"
 SERVER_INT = "198.51.100.10"
 KEY_HEX = "7d1b9f0e3c5a48f2a6b0c1d2e3f40516"
 ROLES = ("seg", "client", "fw1", "fw2", "server")
@@ -57,6 +58,10 @@ HB_LINKS = ("hb0", "hb1")
 # Distinct at the two ends of every veth, see Namespaces.veth.
 HB_INDEX = {"fw1": 4100, "fw2": 4200, "fw1-port": 4300, "fw2-port": 4400}
 RESOLVE_CHUNK = 256
+L2_MODES = ("garp", "vmac", "cluster-mac")
+VRID = 51
+# The IPv4 block's; the IPv6 block's ends in 2.
+CLUSTER_MAC = "01:00:5e:00:01:01"
 
 
 @dataclass(frozen=True)
@@ -148,12 +153,12 @@ class Lab:
                 f"addr add {addrs.ext}/24 dev ext0", f"addr add {addrs.int_}/24 dev int0",
                 f"addr add {addrs.hb0}/30 dev hb0", f"addr add {addrs.hb1}/30 dev hb1",
                 "link set ext0 up", "link set int0 up", "link set hb0 up", "link set hb1 up",
-                f"route add {SERVER_INT}/32 dev int0",
+                f"route add {SERVER_INT}/32 dev int0", f"route add {CLIENT_EXT6}/128 dev ext0",
             ])
             self._sysctl(role, "net.ipv4.ip_forward=1", "net.ipv6.conf.ext0.accept_dad=0",
                          "net.ipv6.conf.hb0.accept_dad=0", "net.ipv6.conf.hb1.accept_dad=0")
         self._batch("client", [
-            f"addr add {CLIENT_EXT}/24 dev ext0", "addr add 2001:db8:e::10/64 dev ext0 nodad", "link set ext0 up",
+            f"addr add {CLIENT_EXT}/24 dev ext0", f"addr add {CLIENT_EXT6}/64 dev ext0 nodad", "link set ext0 up",
             f"route add {BLOCK_V4} dev ext0", f"route add {BLOCK_V6} dev ext0",
         ])
         self._batch("server", [
@@ -252,8 +257,9 @@ class Lab:
     def write_config(self, node: int, *, priority: int | None = None, preempt: bool = False,
                      preempt_delay: float = 0.0, advert_interval: float = 0.05,
                      key_hex: str = KEY_HEX, block: str = BLOCK_V4, block_v6: bool | str = False,
-                     announce: str = "", heartbeat: str = "group") -> Path:
+                     announce: str = "", heartbeat: str = "group", l2: str = "garp") -> Path:
         """An agent configuration for fw<node>; `announce` is extra TOML for the block;
+        `l2` its L2 mode (vmac: VRID 51; cluster-mac: one cluster MAC per block);
         `block_v6` adds the IPv6 block (True: BLOCK_V6, or a prefix inside it);
         `heartbeat` is "group" (IPv4 multicast), "group6" (IPv6 link-local multicast)
         or "unicast" (the peer's hb addresses)."""
@@ -266,6 +272,7 @@ name = "ext6"
 interface = "ext0"
 prefixes = ["{BLOCK_V6 if block_v6 is True else block_v6}"]
 {announce}
+{self._l2(l2, 2)}
 """ if block_v6 else ""
         path = self.dir / f"fw{node}.toml"
         path.write_text(f"""\
@@ -299,8 +306,17 @@ name = "ext"
 interface = "ext0"
 prefixes = ["{block}"]
 {announce}
+{self._l2(l2, 1)}
 {v6_block}""")
         return path
+
+    @staticmethod
+    def _l2(mode: str, nth: int) -> str:
+        if mode == "vmac":
+            return f'[block.l2]\nmode = "vmac"\nvrid = {VRID}\n'
+        if mode == "cluster-mac":
+            return f'[block.l2]\nmode = "cluster-mac"\ncluster_mac = "{CLUSTER_MAC[:-1]}{nth}"\n'
+        return ""
 
     @staticmethod
     def _heartbeat_target(node: int, link: str, kind: str) -> str:

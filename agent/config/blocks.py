@@ -303,7 +303,7 @@ def _finish(draft: _Draft) -> Block:
     l2 = draft.l2 or L2Config()
     if l2.mode == "vmac":
         version = (prefixes or addresses)[0].version
-        l2 = replace(l2, vmac=f"{VMAC_PREFIX[version]}:{l2.vrid:02x}")
+        l2 = replace(l2, vmac=f"{VMAC_PREFIX[version]}:{l2.vrid:02x}", device=f"dpv{version}-{l2.vrid}")
     return Block(draft.name, draft.interface, prefixes, addresses, draft.announce, l2)  # type: ignore[arg-type]
 
 

@@ -73,8 +73,10 @@ class L2Config:
     buckets: int = default("block.l2", "buckets")
     hash: str = default("block.l2", "hash")
     hash_seed: int = default("block.l2", "hash_seed")
-    # vmac: the MAC, from vrid and the block's IP version (set when the block is built).
+    # vmac: the MAC, from vrid and the block's IP version, and the macvlan it lives on
+    # (set when the block is built).
     vmac: str | None = None
+    device: str | None = None
 
     @property
     def mac(self) -> str | None:
@@ -92,6 +94,12 @@ class Block:
     addresses: tuple[IPAddress, ...]
     announce: AnnounceConfig = AnnounceConfig()
     l2: L2Config = L2Config()
+
+    @property
+    def address_interface(self) -> str:
+        """Where the block's IPv6 addresses go: a vmac block's on its macvlan, so that
+        their neighbour advertisements carry the vmac."""
+        return self.l2.device if self.l2.mode == "vmac" and self.l2.device else self.interface
 
     @property
     def address_count(self) -> int:

@@ -6,6 +6,8 @@ replayed before the filter gate opens, the gate open before the addresses are
 local); the others run behind it, once every block is serving, so that a small
 block never waits for a big block's announcement. A new kernel facility is one
 more line in TAKEOVER. A release runs the same steps in the opposite order.
+A step serves the L2 modes it names: a cluster-mac block announces nothing,
+a garp block has no virtual MAC to bring up.
 """
 
 from __future__ import annotations
@@ -14,33 +16,40 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 
+L2_MODES = frozenset({"garp", "vmac", "cluster-mac"})
+
+
 @dataclass(frozen=True)
 class Step:
     facility: str
     before_traffic: bool
     # Run again, alone, when the core asks for a held block to be announced again.
     announces: bool = False
+    modes: frozenset[str] = L2_MODES
 
 
 TAKEOVER: tuple[Step, ...] = (
     Step("gate", before_traffic=True),                      # nftables: the block's lease, opened
+    Step("vmac", before_traffic=True, modes=frozenset({"vmac"})),            # the virtual MAC's macvlan up
+    Step("buckets", before_traffic=True, modes=frozenset({"cluster-mac"})),  # cluster MAC: flow buckets owned
     Step("addresses", before_traffic=True),                 # AnyIP routes, IPv6 interface addresses
-    Step("announce", before_traffic=False, announces=True),  # gratuitous ARP / unsolicited NA rounds
+    Step("announce", before_traffic=False, announces=True,  # GARP / unsolicited NA rounds; from the vmac
+         modes=frozenset({"garp", "vmac"})),
 )
 
 
-def takeover(facilities: Collection[str]) -> tuple[Step, ...]:
-    """The takeover steps of a block served by these facilities, in order."""
-    return tuple(step for step in TAKEOVER if step.facility in facilities)
+def takeover(facilities: Collection[str], mode: str = "garp") -> tuple[Step, ...]:
+    """The takeover steps of a block in L2 mode `mode` served by these facilities, in order."""
+    return tuple(step for step in TAKEOVER if step.facility in facilities and mode in step.modes)
 
 
-def release(facilities: Collection[str]) -> tuple[Step, ...]:
-    """The release steps: announcing stops first, the addresses go last."""
-    return tuple(reversed(takeover(facilities)))
+def release(facilities: Collection[str], mode: str = "garp") -> tuple[Step, ...]:
+    """The release steps: announcing stops first, the gate closes last."""
+    return tuple(reversed(takeover(facilities, mode)))
 
 
-def reannounce(facilities: Collection[str]) -> tuple[Step, ...]:
-    return tuple(step for step in takeover(facilities) if step.announces)
+def reannounce(facilities: Collection[str], mode: str = "garp") -> tuple[Step, ...]:
+    return tuple(step for step in takeover(facilities, mode) if step.announces)
 
 
 def phases(steps: tuple[Step, ...]) -> tuple[tuple[Step, ...], tuple[Step, ...]]:

@@ -24,11 +24,13 @@ class BlockLike(Protocol):
     interface: str
     prefixes: tuple[IPNetwork, ...]
     addresses: tuple[IPAddress, ...]
+    l2: object
 
 
 @dataclass(frozen=True)
 class BlockDiff:
-    """Block names by what happens to them; `replaced` moved to another interface."""
+    """Block names by what happens to them; `replaced` moved to another interface or
+    L2 setting (neighbours reach it another way: released and taken again)."""
 
     added: tuple[str, ...]
     removed: tuple[str, ...]
@@ -45,9 +47,13 @@ def diff_blocks(old: Mapping[str, BlockLike], new: Mapping[str, BlockLike]) -> B
     return BlockDiff(
         added=tuple(name for name in new if name not in old),
         removed=tuple(name for name in old if name not in new),
-        adjusted=tuple(n for n in kept if new[n].interface == old[n].interface),
-        replaced=tuple(n for n in kept if new[n].interface != old[n].interface),
+        adjusted=tuple(n for n in kept if _same_place(old[n], new[n])),
+        replaced=tuple(n for n in kept if not _same_place(old[n], new[n])),
     )
+
+
+def _same_place(old: BlockLike, new: BlockLike) -> bool:
+    return old.interface == new.interface and old.l2 == new.l2
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,16 @@ output: replies and kernel GARP / requests alike), and neighbour solicitations
 and advertisements from block addresses (inet output: the kernel sends an NA
 for its own address from that address; nftables 1.0.6 has no ND target field).
 
+A block whose neighbours reach it at a shared MAC (agent.config's l2 modes vmac and
+cluster-mac) also has the MAC rewritten where the kernel would put the node's own:
+the sender hardware address of ARP packets with a block address as sender (arp
+output, behind the gate's drop: replies for vmac, requests too for cluster-mac), and, for cluster-mac IPv6, the link-layer
+address option of neighbour solicitations and advertisements from block
+addresses (inet output). nftables 1.0.6 knows no ND option field and fixes no
+checksum for a raw payload write, so the option's MAC is written as raw bytes
+and the checksum kept by writing a compensating word into the message's
+reserved field, which receivers ignore (RFC 4861 4.3, 4.4): see `ndp_fix`.
+
 Why per block chains and a lease keyed by protocol: nftables cannot look up a
 constant (nor a map's result), so "is block B leased" must be a lookup keyed by
 something of the packet that is the same for every packet the rule sees.
@@ -147,39 +157,99 @@ def _match(left: dict, right: object, op: str = "==") -> dict:
     return {"match": {"op": op, "left": left, "right": right}}
 
 
-def _rules(family: str, block: str) -> list[dict]:
-    """Every rule of the block in one table's chains."""
+# An NS or NA with one link-layer address option: ICMPv6 header and target (24 bytes), then
+# the option's type and length (2), then the MAC (6). The reserved word: bytes 6-7.
+ND_WITH_OPTION = 32
+ND_OPTION_MAC_BITS = (208, 48)
+ND_RESERVED_BITS = (48, 16)
+NO_MAC = "00:00:00:00:00:00"
+
+
+def _mac_words(mac: str) -> list[int]:
+    raw = bytes.fromhex(mac.replace(":", ""))
+    if len(raw) != 6:
+        raise ValueError(f"{mac!r} is not a MAC address")
+    return [raw[i] << 8 | raw[i + 1] for i in (0, 2, 4)]
+
+
+def _fold(value: int) -> int:
+    while value > 0xFFFF:
+        value = (value & 0xFFFF) + (value >> 16)
+    return value
+
+
+def ndp_fix(own: str, shared: str) -> int:
+    """The reserved word that keeps an NS / NA's checksum right when its link-layer
+    option's MAC changes from `own` (the interface's, which the kernel writes) to
+    `shared`: the ones' complement sum of the message stays what it was."""
+    return _fold(_fold(sum(_mac_words(own))) + (0xFFFF - _fold(sum(_mac_words(shared)))))
+
+
+def _rewrites(family: str, block: BlockLike, own_mac: str) -> list[tuple[str, list[dict]]]:
+    """(chain, expressions) of the block's MAC rewrites in one table, after its drops."""
+    l2 = getattr(block, "l2", None)
+    mac = getattr(l2, "mac", None)
+    if mac is None:
+        return []
+    name = block.name
+    if family == "arp":
+        # A vmac's requests stay as they are: their answers, sent to the vmac, would reach
+        # the macvlan and never resolve the parent's entry. The vmac step has the parent
+        # send its requests from its own address instead (arp_announce 2).
+        only = [_match(_payload("arp", "operation"), "reply")] if l2.mode == "vmac" else []
+        return [(f"output.{name}", [_match(_payload("arp", "saddr ip"), f"@{set_name(kind, name)}"), *only,
+                                    {"mangle": {"key": _payload("arp", "saddr ether"), "value": mac}}])
+                for kind in _sets("arp")]
+    if l2.mode != "cluster-mac":
+        # vmac: the IPv6 addresses live on the vmac's macvlan, whose NAs carry the vmac.
+        return []
+    nd = _match(_payload("icmpv6", "type"), {"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]})
+    option, reserved = ND_OPTION_MAC_BITS, ND_RESERVED_BITS
+    return [(f"output.{name}", [
+        _match(_payload("ip6", "saddr"), f"@{set_name(kind, name)}"),
+        _match(_payload("ip6", "length"), ND_WITH_OPTION), nd,
+        {"mangle": {"key": {"payload": {"base": "th", "offset": option[0], "len": option[1]}},
+                    "value": int(mac.replace(":", ""), 16)}},
+        {"mangle": {"key": {"payload": {"base": "th", "offset": reserved[0], "len": reserved[1]}},
+                    "value": ndp_fix(own_mac, mac)}}]) for kind in ("addr6", "net6")]
+
+
+def _rules(family: str, block: BlockLike, own_mac: str) -> list[dict]:
+    """Every rule of the block in one table's chains, drops first; `own_mac` is the
+    interface's (only a cluster-mac block's IPv6 rewrite uses it)."""
+    name = block.name
     _type, key = LEASE_KEYS[family]
-    unleased = _match({"meta": {"key": key}}, f"@{set_name('lease', block)}", "!=")
+    unleased = _match({"meta": {"key": key}}, f"@{set_name('lease', name)}", "!=")
     local = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
     nd = _match(_payload("icmpv6", "type"), {"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]})
     drop = {"drop": None}
     rules = []
     for kind in _sets(family):
-        members_of = f"@{set_name(kind, block)}"
+        members_of = f"@{set_name(kind, name)}"
         if family == "arp":
-            rules.append((f"output.{block}", [_match(_payload("arp", "saddr ip"), members_of), unleased, drop]))
+            rules.append((f"output.{name}", [_match(_payload("arp", "saddr ip"), members_of), unleased, drop]))
             continue
         ip = "ip" if kind.endswith("4") else "ip6"
-        rules.append((f"prerouting.{block}", [_match(_payload(ip, "daddr"), members_of), unleased, local, drop]))
+        rules.append((f"prerouting.{name}", [_match(_payload(ip, "daddr"), members_of), unleased, local, drop]))
         if ip == "ip6":
-            rules.append((f"output.{block}", [_match(_payload(ip, "saddr"), members_of), nd, unleased, drop]))
-    comment = f"dpagent: block {block} closed unless leased"
+            rules.append((f"output.{name}", [_match(_payload(ip, "saddr"), members_of), nd, unleased, drop]))
+    rules += _rewrites(family, block, own_mac)
+    comment = f"dpagent: block {name} closed unless leased"
     return [{"family": family, "table": TABLE, "chain": chain, "expr": expr, "comment": comment}
             for chain, expr in rules]
 
 
-def add_block(block: BlockLike) -> list[dict]:
+def add_block(block: BlockLike, own_mac: str = NO_MAC) -> list[dict]:
     """The block's gate, closed: its sets, lease set, chains and rules, then its members
     as element commands, so that a load cut into transactions (`transactions`) has the
-    whole gate from the first one on."""
+    whole gate from the first one on. `own_mac`: the interface's MAC (see `_rules`)."""
     held = members(block)
     commands, elements = [], []
     for family in FAMILIES:
         commands.append({"add": _table(family)})
         commands += [{"add": {"set": _set(family, kind, block.name)}} for kind in (*_sets(family), "lease")]
         commands += [{"add": {"chain": chain}} for chain in _chains(family, block.name)]
-        commands += [{"add": {"rule": rule}} for rule in _rules(family, block.name)]
+        commands += [{"add": {"rule": rule}} for rule in _rules(family, block, own_mac)]
     for kind in KINDS:
         values = _elements(kind, getattr(held, kind))
         if values:
@@ -209,18 +279,18 @@ def remove_block(name: str) -> list[dict]:
     return commands
 
 
-def rebuild(block: BlockLike) -> list[dict]:
+def rebuild(block: BlockLike, own_mac: str = NO_MAC) -> list[dict]:
     """The block's gate as `block` defines it, closed, replacing whatever was there."""
-    return remove_block(block.name) + add_block(block)
+    return remove_block(block.name) + add_block(block, own_mac)
 
 
-def rule_counts(name: str) -> dict[tuple[str, str], int]:
+def rule_counts(block: BlockLike) -> dict[tuple[str, str], int]:
     """(family, chain) -> how many rules the block's intact gate has there."""
     counts: dict[tuple[str, str], int] = {}
     for family in FAMILIES:
-        for chain in _chains(family, check_name(name)):
+        for chain in _chains(family, check_name(block.name)):
             counts[(family, chain["name"])] = 0
-        for rule in _rules(family, name):
+        for rule in _rules(family, block, NO_MAC):
             counts[(family, rule["chain"])] += 1
     return counts
 
@@ -327,31 +397,31 @@ def lease_ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
+def nla(kind: int, payload: bytes) -> bytes:
     return _ATTR.pack(_ATTR.size + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
 
 
-def _nest(kind: int, *attrs: bytes) -> bytes:
-    return _attr(kind | NLA_F_NESTED, b"".join(attrs))
+def nla_nest(kind: int, *attrs: bytes) -> bytes:
+    return nla(kind | NLA_F_NESTED, b"".join(attrs))
 
 
-def _string(kind: int, text: str) -> bytes:
-    return _attr(kind, text.encode() + b"\0")
+def nla_string(kind: int, text: str) -> bytes:
+    return nla(kind, text.encode() + b"\0")
 
 
-def _message(kind: int, flags: int, seq: int, family: int, attrs: bytes, res_id: int = 0) -> bytes:
+def nfnl_message(kind: int, flags: int, seq: int, family: int, attrs: bytes, res_id: int = 0) -> bytes:
     body = struct.pack("=BB", family, 0) + struct.pack("!H", res_id) + attrs
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | flags, seq, 0) + body
 
 
 def _lease_list(family: str, name: str, ms: int | None) -> bytes:
     """The lease set's list attributes: every key of the family's lease, timed when `ms`."""
-    timed = b"" if ms is None else (_attr(NFTA_SET_ELEM_TIMEOUT, struct.pack("!Q", ms))
-                                    + _attr(NFTA_SET_ELEM_EXPIRATION, struct.pack("!Q", ms)))
-    items = b"".join(_nest(NFTA_LIST_ELEM, _nest(NFTA_SET_ELEM_KEY, _attr(NFTA_DATA_VALUE, key)), timed)
+    timed = b"" if ms is None else (nla(NFTA_SET_ELEM_TIMEOUT, struct.pack("!Q", ms))
+                                    + nla(NFTA_SET_ELEM_EXPIRATION, struct.pack("!Q", ms)))
+    items = b"".join(nla_nest(NFTA_LIST_ELEM, nla_nest(NFTA_SET_ELEM_KEY, nla(NFTA_DATA_VALUE, key)), timed)
                      for key in LEASE_KEY_BYTES[family])
-    return (_string(NFTA_SET_ELEM_LIST_TABLE, TABLE) + _string(NFTA_SET_ELEM_LIST_SET, set_name("lease", name))
-            + _nest(NFTA_SET_ELEM_LIST_ELEMENTS, items))
+    return (nla_string(NFTA_SET_ELEM_LIST_TABLE, TABLE) + nla_string(NFTA_SET_ELEM_LIST_SET, set_name("lease", name))
+            + nla_nest(NFTA_SET_ELEM_LIST_ELEMENTS, items))
 
 
 def lease_batch(names: Sequence[str], lease: float, seq: int, *, close: bool = False) -> tuple[bytes, dict[int, str]]:
@@ -361,7 +431,7 @@ def lease_batch(names: Sequence[str], lease: float, seq: int, *, close: bool = F
     the lease had run out. Sequence numbers start at `seq`. Returns the batch and, for
     each message that must be acked, its sequence number and what it does."""
     ms = lease_ms(lease)
-    parts = [_message(NFNL_MSG_BATCH_BEGIN, 0, seq, 0, b"", NFNL_SUBSYS_NFTABLES)]
+    parts = [nfnl_message(NFNL_MSG_BATCH_BEGIN, 0, seq, 0, b"", NFNL_SUBSYS_NFTABLES)]
     acked: dict[int, str] = {}
     steps = [("add", NFT_MSG_NEWSETELEM, NLM_F_CREATE, ms)] + ([("delete", NFT_MSG_DELSETELEM, 0, None)] if close else [])
     for name in names:
@@ -370,21 +440,21 @@ def lease_batch(names: Sequence[str], lease: float, seq: int, *, close: bool = F
             for verb, kind, flags, timed in steps:
                 seq += 1
                 acked[seq] = f"{verb} element {family} {TABLE} {set_name('lease', name)}"
-                parts.append(_message(NFNL_SUBSYS_NFTABLES << 8 | kind, flags | NLM_F_ACK, seq, NFPROTO[family],
+                parts.append(nfnl_message(NFNL_SUBSYS_NFTABLES << 8 | kind, flags | NLM_F_ACK, seq, NFPROTO[family],
                                       _lease_list(family, name, timed)))
-    parts.append(_message(NFNL_MSG_BATCH_END, 0, seq + 1, 0, b"", NFNL_SUBSYS_NFTABLES))
+    parts.append(nfnl_message(NFNL_MSG_BATCH_END, 0, seq + 1, 0, b"", NFNL_SUBSYS_NFTABLES))
     return b"".join(parts), acked
 
 
 def lease_dump(family: str, name: str, seq: int) -> bytes:
-    attrs = _string(NFTA_SET_ELEM_LIST_TABLE, TABLE) + _string(NFTA_SET_ELEM_LIST_SET, set_name("lease", name))
-    return _message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETSETELEM, NLM_F_DUMP, seq, NFPROTO[family], attrs)
+    attrs = nla_string(NFTA_SET_ELEM_LIST_TABLE, TABLE) + nla_string(NFTA_SET_ELEM_LIST_SET, set_name("lease", name))
+    return nfnl_message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETSETELEM, NLM_F_DUMP, seq, NFPROTO[family], attrs)
 
 
 def rule_dump(family: str, seq: int) -> bytes:
     """Our table's rules only: the kernel filters the dump, nothing of other tables is read."""
-    return _message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETRULE, NLM_F_DUMP, seq, NFPROTO[family],
-                    _string(NFTA_RULE_TABLE, TABLE))
+    return nfnl_message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETRULE, NLM_F_DUMP, seq, NFPROTO[family],
+                    nla_string(NFTA_RULE_TABLE, TABLE))
 
 
 @dataclass(frozen=True)
@@ -413,7 +483,7 @@ def replies(data: bytes) -> list[Reply]:
     return out
 
 
-def _attrs(data: bytes) -> list[tuple[int, bytes]]:
+def nla_parse(data: bytes) -> list[tuple[int, bytes]]:
     out, offset = [], 0
     while offset + _ATTR.size <= len(data):
         length, kind = _ATTR.unpack_from(data, offset)
@@ -426,7 +496,7 @@ def _attrs(data: bytes) -> list[tuple[int, bytes]]:
 
 def rule_chain(attrs: bytes) -> str | None:
     """The chain a dumped rule belongs to."""
-    for kind, value in _attrs(attrs):
+    for kind, value in nla_parse(attrs):
         if kind == NFTA_RULE_CHAIN:
             return value.rstrip(b"\0").decode(errors="replace")
     return None
@@ -435,12 +505,12 @@ def rule_chain(attrs: bytes) -> str | None:
 def lease_expirations(attrs: bytes) -> dict[bytes, float]:
     """Key -> seconds until it expires, of the elements in one dumped set-element message."""
     found: dict[bytes, float] = {}
-    for kind, value in _attrs(attrs):
+    for kind, value in nla_parse(attrs):
         if kind != NFTA_SET_ELEM_LIST_ELEMENTS:
             continue
-        for _elem, element in _attrs(value):
-            fields = dict(_attrs(element))
-            key = dict(_attrs(fields.get(NFTA_SET_ELEM_KEY, b""))).get(NFTA_DATA_VALUE)
+        for _elem, element in nla_parse(value):
+            fields = dict(nla_parse(element))
+            key = dict(nla_parse(fields.get(NFTA_SET_ELEM_KEY, b""))).get(NFTA_DATA_VALUE)
             expires = fields.get(NFTA_SET_ELEM_EXPIRATION)
             if key is not None and expires is not None and len(expires) == 8:
                 found[key] = struct.unpack("!Q", expires)[0] / 1000

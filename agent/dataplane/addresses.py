@@ -55,10 +55,11 @@ class AddressPlane:
             return None
 
     def take(self, block: Block, stop: Callable[[], bool] | None = None) -> StepResult:
-        return self.change(block.interface, kernel_addresses(block.prefixes, block.addresses), add=True, stop=stop)
+        return self.change(block.address_interface, kernel_addresses(block.prefixes, block.addresses), add=True,
+                           stop=stop)
 
     def release(self, block: Block) -> StepResult:
-        return self.change(block.interface, kernel_addresses(block.prefixes, block.addresses), add=False)
+        return self.change(block.address_interface, kernel_addresses(block.prefixes, block.addresses), add=False)
 
     def change(self, interface: str, members: KernelAddresses, *, add: bool,
                stop: Callable[[], bool] | None = None) -> StepResult:
@@ -96,8 +97,8 @@ class AddressPlane:
         """What is new goes in first, then what is gone comes out: what stays is never touched."""
         started = time.perf_counter()
         delta = address_delta(old, new)
-        added = self.change(new.interface, delta.add, add=True)
-        removed = self.change(old.interface, delta.remove, add=False)
+        added = self.change(new.address_interface, delta.add, add=True)
+        removed = self.change(old.address_interface, delta.remove, add=False)
         result = StepResult(detail={"added": added.as_dict(), "removed": removed.as_dict()})
         result.merge(added)
         result.merge(removed)

@@ -5,6 +5,10 @@ The first round is the step of the takeover. Further rounds (`rounds`,
 like keepalived's garp_master_repeat and garp_master_refresh. Every round runs in
 the runtime's announce worker thread; a release cancels the block's flag, which
 the native loop polls before every batch, so sending stops at once.
+
+A vmac block's neighbours already know its MAC: its rounds are one frame each,
+for the block's first address, from the vmac's macvlan, which is what moves the
+MAC to this node's port in the switches.
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from agent.dataplane.garp import AnnounceTarget, ArpMode, CancelFlag, RoundResul
 from agent.dataplane.step import StepResult
 
 log = logging.getLogger("dpagent.announce")
+
+
+def _interface(block: Block) -> str:
+    """Where the block's frames leave from: a vmac block's from its macvlan."""
+    return block.l2.device if block.l2.mode == "vmac" and block.l2.device else block.interface
 
 
 class AnnounceStep:
@@ -44,7 +53,10 @@ class AnnounceStep:
         announce thread: packing a /8 would hold the loop longer than a dead interval."""
         cached = self._targets.get(block.name)
         if cached is None or cached[0] is not block:
-            cached = (block, AnnounceTarget(block.interface, block.packed_v4(), block.packed_v6()))
+            v4, v6 = block.packed_v4(), block.packed_v6()
+            if block.l2.mode == "vmac":
+                v4, v6 = v4[:4], v6[:16] if not v4 else b""
+            cached = (block, AnnounceTarget(_interface(block), v4, v6))
             self._targets[block.name] = cached
         return cached[1]
 
@@ -70,10 +82,10 @@ class AnnounceStep:
 
     def _sender(self, block: Block) -> Sender:
         mode = ArpMode.REPLY if block.announce.arp_mode == "reply" else ArpMode.REQUEST
-        key = (block.interface, mode)
+        key = (_interface(block), mode)
         sender = self._senders.get(key)
         if sender is None:
-            sender = self._senders[key] = Sender(block.interface, mode)
+            sender = self._senders[key] = Sender(key[0], mode)
         return sender
 
     def _account(self, result: RoundResult) -> None:

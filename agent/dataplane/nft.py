@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from pathlib import Path
 
 import nftables
 
@@ -84,7 +85,12 @@ class LeaseSocket:
 
     def lease(self, names: list[str], lease: float, close: bool = False) -> str | None:
         """Arm (or close) these blocks' leases in one transaction; None, or what failed."""
-        data, acked = ruleset.lease_batch(names, lease, self._seq + 1, close=close)
+        return self.transact(lambda seq: ruleset.lease_batch(names, lease, seq, close=close))
+
+    def transact(self, build: Callable[[int], tuple[bytes, dict[int, str]]]) -> str | None:
+        """Send the batch `build(first sequence number)` makes and wait for its acks;
+        None, or what failed."""
+        data, acked = build(self._seq + 1)
         self._seq += len(acked) + 2
         self._sock.send(data)
         got, problem = self._replies(set(acked), until_done=False)
@@ -106,7 +112,18 @@ class LeaseSocket:
         self._sock.close()
 
 
-def _problem(text: str) -> str:
+def own_mac(block: Block) -> str:
+    """The interface's MAC, which the kernel writes into what a cluster-mac block's gate
+    rewrites; raises ValueError (a problem of the block's) when it cannot be read."""
+    if block.l2.mode != "cluster-mac":
+        return ruleset.NO_MAC
+    try:
+        return (Path("/sys/class/net") / block.interface / "address").read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"interface {block.interface}: {exc.strerror}") from None
+
+
+def problem_text(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     joined = " | ".join(lines) or "rejected without a message"
     return joined if len(joined) <= PROBLEM_MAX else joined[: PROBLEM_MAX - 3] + "..."
@@ -148,7 +165,7 @@ class Gate:
     def _json(self, commands: list[dict]) -> str | None:
         """Apply commands in one transaction; None, or libnftables' error text."""
         rc, _output, error = self._nft().json_cmd(ruleset.document(commands))
-        return None if rc == 0 else _problem(error)
+        return None if rc == 0 else problem_text(error)
 
     def _apply(self, commands: list[dict]) -> tuple[str | None, list[list[dict]]]:
         """Apply in one transaction, or, while a block is open (its lease message must not
@@ -200,7 +217,7 @@ class Gate:
         for block in blocks:
             try:
                 if self._wanted(block):
-                    parts.append((block.name, block, ruleset.rebuild(block)))
+                    parts.append((block.name, block, ruleset.rebuild(block, own_mac(block))))
             except (ValueError, TypeError, AttributeError) as exc:
                 problems[str(block.name)] = f"bad input: {exc}"
         head = [] if self._prepared else ruleset.delete_tables()
@@ -234,7 +251,8 @@ class Gate:
         loaded = self.loaded.get(block.name)
         if loaded is None:
             return True
-        return block.name not in self.open and ruleset.members(loaded) != ruleset.members(block)
+        return block.name not in self.open and (ruleset.members(loaded) != ruleset.members(block)
+                                                or loaded.l2 != block.l2)
 
     def _record(self, name: str, block: Block | None) -> None:
         if block is None:
@@ -270,7 +288,7 @@ class Gate:
     def _restore(self, result: StepResult, block: Block) -> None:
         """Rebuild and, if open, arm: libnftables, then a lease message, so an open block
         is closed in between for a moment."""
-        result.problem, _done = self._apply(ruleset.rebuild(block))
+        result.problem, _done = self._apply(ruleset.rebuild(block, own_mac(block)))
         if result.problem is not None:
             return
         self.loaded[block.name] = block
@@ -294,7 +312,7 @@ class Gate:
                 for rule in rules:
                     key = (family, ruleset.rule_chain(rule.attrs))
                     counted[key] = counted.get(key, 0) + 1
-            wanted = ruleset.rule_counts(block.name)
+            wanted = ruleset.rule_counts(block)
             if any(counted.get(key, 0) != count for key, count in wanted.items()):
                 self._restore(result, self.loaded.get(block.name, block))
         return self._timed(work)
@@ -322,7 +340,7 @@ class Gate:
                 return
             rc, output, error = self._nft().json_cmd(ruleset.document([ruleset.LIST_TABLES]))
             if rc != 0:
-                result.problem = _problem(error)
+                result.problem = problem_text(error)
                 return
             present = ruleset.our_tables(output)
             result.problem = self._json(ruleset.delete_tables()) if present else None

@@ -11,8 +11,10 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 
 from agent.dataplane.addresses import AddressStep
 from agent.dataplane.announce import AnnounceStep
+from agent.dataplane.cluster import ClusterStep
 from agent.dataplane.nft import NftStep
 from agent.dataplane.step import DataplaneStep, StepResult
+from agent.dataplane.vmac import VmacStep
 from agent.runtime.scheduling import normal_priority
 
 
@@ -25,9 +27,11 @@ WORKERS = ("netlink", "announce", "nft")
 
 
 def build_steps(loop: asyncio.AbstractEventLoop, workers: dict[str, Executor], lease: float) -> tuple[DataplaneStep, ...]:
-    """Every facility; core.plan decides their order. `lease`: how long the gate stays
+    """Every facility; core.plan decides their takeover order, this list the order they
+    prepare in (a vmac exists before its sender opens). `lease`: how long the gate stays
     open without a refresh (one dead interval)."""
-    return (NftStep(workers["nft"], lease), AddressStep(workers["netlink"]), AnnounceStep(loop, workers["announce"]))
+    return (NftStep(workers["nft"], lease), ClusterStep(workers["nft"]), VmacStep(workers["netlink"]),
+            AddressStep(workers["netlink"]), AnnounceStep(loop, workers["announce"]))
 
 
 async def remove_leftovers(steps: tuple[DataplaneStep, ...]) -> dict:

@@ -36,3 +36,14 @@ def test_the_gate_opens_before_the_addresses_are_local_and_closes_after_they_are
     assert [s.facility for s in plan.release(everything)] == ["announce", "addresses", "gate"]
     first, behind = plan.phases(plan.takeover(everything))
     assert [s.facility for s in first] == ["gate", "addresses"]
+
+
+def test_each_l2_mode_runs_its_own_steps():
+    everything = {step.facility for step in plan.TAKEOVER}
+    assert [s.facility for s in plan.takeover(everything, "garp")] == ["gate", "addresses", "announce"]
+    # The vmac is up before the addresses are local; a few frames from it go behind.
+    assert [s.facility for s in plan.takeover(everything, "vmac")] == ["gate", "vmac", "addresses", "announce"]
+    # A cluster-mac takeover announces nothing: every node already receives the block's MAC.
+    assert [s.facility for s in plan.takeover(everything, "cluster-mac")] == ["gate", "buckets", "addresses"]
+    assert [s.facility for s in plan.release(everything, "cluster-mac")] == ["addresses", "buckets", "gate"]
+    assert plan.reannounce(everything, "cluster-mac") == ()

@@ -17,6 +17,7 @@ class B:
     interface: str = "eth1"
     prefixes: tuple = ()
     addresses: tuple = ()
+    l2: str = "garp"
 
 
 def nets(*texts: str) -> tuple:
@@ -37,6 +38,11 @@ def test_diff_sorts_blocks_by_what_happens_to_them():
     assert diff.replaced == ("c",)
     assert not diff.empty
     assert diff_blocks(old, dict(old)).empty
+
+
+def test_a_block_whose_l2_mode_changes_is_released_and_taken_again():
+    diff = diff_blocks({"a": B("a")}, {"a": B("a", l2="vmac")})
+    assert (diff.adjusted, diff.replaced) == ((), ("a",))
 
 
 def test_ipv6_prefix_narrowed_keeps_the_addresses_the_new_config_still_lists():

@@ -75,7 +75,7 @@ def test_members_come_after_the_whole_gate_so_a_load_in_parts_is_a_gate_from_the
     commands = ruleset.add_block(EXT)
     first_element = next(i for i, c in enumerate(commands) if "element" in c["add"])
     assert all("element" in c["add"] for c in commands[first_element:])
-    assert len(objects(commands[:first_element], "add", "rule")) == sum(ruleset.rule_counts("ext").values())
+    assert len(objects(commands[:first_element], "add", "rule")) == sum(ruleset.rule_counts(EXT).values())
 
 
 def test_an_empty_kind_gets_an_empty_set_so_an_adjust_can_fill_it():
@@ -101,7 +101,7 @@ def test_every_rule_drops_block_traffic_only_while_the_lease_is_absent():
         assert rule["expr"][-1] == {"drop": None}
         unleased = [e["match"] for e in rule["expr"] if "match" in e and e["match"]["right"] == "@lease.ext"]
         assert len(unleased) == 1 and unleased[0]["op"] == "!="
-    assert {key: len(v) for key, v in by_chain.items()} == ruleset.rule_counts("ext")
+    assert {key: len(v) for key, v in by_chain.items()} == ruleset.rule_counts(EXT)
     incoming = by_chain[("inet", "prerouting.ext")]
     assert [e[0]["match"]["right"] for e in incoming] == ["@addr4.ext", "@net4.ext", "@addr6.ext", "@net6.ext"]
     assert all({"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}}
@@ -262,7 +262,8 @@ def test_a_prefix_replaced_by_an_address_inside_it_moves_to_the_plain_set():
 
 
 def test_transactions_cut_element_commands_to_the_limit_and_keep_the_order():
-    commands = ruleset.add_block(block("big", "198.18.0.0/16", *(f"198.19.0.{i}" for i in range(10))))
+    big = block("big", "198.18.0.0/16", *(f"198.19.0.{i}" for i in range(10)))
+    commands = ruleset.add_block(big)
     assert ruleset.transactions(commands, None) == [commands]
     assert ruleset.transactions([], None) == []
     cut = ruleset.transactions(commands, 4)
@@ -271,7 +272,7 @@ def test_transactions_cut_element_commands_to_the_limit_and_keep_the_order():
     # Whatever the cut, the same elements go into the same sets, in the same order.
     assert elements_of([c for t in cut for c in t]) == elements_of(commands)
     # The first transaction is the whole gate, closed.
-    assert len(objects(cut[0], "add", "rule")) == sum(ruleset.rule_counts("big").values())
+    assert len(objects(cut[0], "add", "rule")) == sum(ruleset.rule_counts(big).values())
 
 
 def test_inverse_undoes_a_transaction_of_element_changes_last_first():
@@ -303,7 +304,7 @@ def test_names_of_different_blocks_never_collide():
 
 
 def test_rule_chain_reads_the_chain_attribute():
-    attrs = ruleset._string(ruleset.NFTA_RULE_TABLE, "dpagent") + ruleset._string(ruleset.NFTA_RULE_CHAIN, "output.ext")
+    attrs = ruleset.nla_string(ruleset.NFTA_RULE_TABLE, "dpagent") + ruleset.nla_string(ruleset.NFTA_RULE_CHAIN, "output.ext")
     assert ruleset.rule_chain(attrs) == "output.ext"
     assert ruleset.rule_chain(b"") is None
 
@@ -314,3 +315,45 @@ def test_listings_are_read_defensively():
                            {"table": {"family": "arp", "name": "dpagent"}}]}
     assert ruleset.our_tables(tables) == ["inet", "arp"]
     assert ruleset.our_tables("") == [] and ruleset.our_tables({"nftables": "x"}) == []
+
+
+def _nd_checksum(message: bytes) -> int:
+    """The ones' complement sum of an ICMPv6 message's words (pseudo-header left out: it
+    does not change when the option does)."""
+    total = sum(struct.unpack(f"!{len(message) // 2}H", message))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+@pytest.mark.parametrize("own", ["3e:74:f4:5a:2f:92", "00:00:00:00:00:00", "ff:ff:ff:ff:ff:fe", "02:00:5e:10:00:01"])
+def test_the_reserved_word_keeps_an_advertisements_checksum_when_its_mac_is_rewritten(own: str) -> None:
+    shared = "01:00:5e:00:01:01"
+    target = ip_address("2001:db8::10").packed
+    na = bytes([136, 0, 0, 0, 0x60, 0, 0, 0]) + target + bytes([2, 1]) + bytes.fromhex(own.replace(":", ""))
+    assert len(na) == ruleset.ND_WITH_OPTION
+    rewritten = bytearray(na)
+    rewritten[26:32] = bytes.fromhex(shared.replace(":", ""))
+    rewritten[6:8] = ruleset.ndp_fix(own, shared).to_bytes(2, "big")
+    assert _nd_checksum(bytes(rewritten)) % 0xFFFF == _nd_checksum(na) % 0xFFFF
+    offset, length = ruleset.ND_OPTION_MAC_BITS
+    assert (offset // 8, (offset + length) // 8) == (26, 32)
+
+
+def test_shared_mac_blocks_rewrite_arp_behind_the_drops_and_cluster_mac_also_ndp() -> None:
+    from dataclasses import replace
+
+    from agent.config import L2Config
+    vmac = replace(EXT, l2=L2Config(mode="vmac", vrid=1, vmac="00:00:5e:00:01:01"))
+    cluster = replace(EXT, l2=L2Config(mode="cluster-mac"))
+    plain = ruleset.rule_counts(EXT)
+    assert ruleset.rule_counts(vmac)[("arp", "output.ext")] == plain[("arp", "output.ext")] + 2
+    assert ruleset.rule_counts(vmac)[("inet", "output.ext")] == plain[("inet", "output.ext")]
+    assert ruleset.rule_counts(cluster)[("inet", "output.ext")] == plain[("inet", "output.ext")] + 2
+    rules = [r for r in objects(ruleset.add_block(cluster, "3e:74:f4:5a:2f:92"), "add", "rule")
+             if r["family"] == "arp"]
+    # Every drop comes before the first rewrite: an unleased ARP is dropped, never rewritten.
+    kinds = ["mangle" if any("mangle" in e for e in r["expr"]) else "drop" for r in rules]
+    assert kinds == ["drop", "drop", "mangle", "mangle"]
+    assert rules[-1]["expr"][-1] == {"mangle": {"key": {"payload": {"protocol": "arp", "field": "saddr ether"}},
+                                                "value": "01:00:5e:00:01:01"}}
