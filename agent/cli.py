@@ -67,6 +67,8 @@ def render_status(status: dict) -> str:
         lines.append(
             f"  {block['name']:<12} {block['interface']:<10} {block['addresses']} addresses"
             f"  {'HELD' if block['held'] else 'not held'}"
+            + (f"  l2 {block['l2']['mode']}" + (f" {block['l2']['mac']}" if block["l2"].get("mac") else "")
+               if block.get("l2") else "")
         )
     announce = status.get("announce", {})
     if announce:

@@ -22,6 +22,11 @@ keepalived holds the same addresses the classic way, one /32 per address in
 `virtual_ipaddress` on ext0, VRRP on the heartbeat link hb0. Node death is
 SIGKILL of the daemon's process group plus its links down (as for dpagent);
 graceful is SIGTERM to keepalived's main process (it sends priority 0).
+dpagent runs in each L2 mode (`l2` label, agent.config's block.l2.mode): garp
+(an announcement per address, keepalived's way too), vmac (neighbours keep the
+VRRP MAC; a takeover sends one frame per round from it) and cluster-mac (every
+node receives the block's multicast MAC; a takeover owns the buckets and sends
+nothing). keepalived is labelled l2=garp.
 Prints `name{labels} value unit` lines and writes bench/results/failover.json.
 """
 
@@ -51,6 +56,7 @@ from agent.labprobe import PROBE_TARGETS, address_outages, outage_stats  # noqa:
 
 BLOCKS = {256: "198.18.0.0/24", 65536: "198.18.0.0/16"}
 CASES = ("kill", "graceful")
+L2_MODES = ("garp", "vmac", "cluster-mac")
 SYSTEMS = ("dpagent", "keepalived-fast", "keepalived-default")
 STATS = ("first", "median", "worst")
 WARMUP_S = 1.0          # probe runs this long before the failure, so every target's neighbour entry is resolved
@@ -68,15 +74,16 @@ ANNOUNCE_BLOCK = "ext"  # the block's name in the lab's configuration: its step 
 class Dpagent:
     name = "dpagent"
 
-    def __init__(self, block: str) -> None:
+    def __init__(self, block: str, l2: str = "garp") -> None:
         self.block = block
+        self.l2 = l2
         self.settings = {"advert_interval": DPAGENT_INTERVAL, "dead_multiplier": 3,
                          "heartbeat": "hb0+hb1, IPv4 multicast", "preempt": False}
 
     def start(self, lab: Lab, timeout: float) -> None:
-        lab.start_agent(1, lab.write_config(1, block=self.block, advert_interval=DPAGENT_INTERVAL))
+        lab.start_agent(1, lab.write_config(1, block=self.block, advert_interval=DPAGENT_INTERVAL, l2=self.l2))
         lab.wait_state(1, "MASTER", timeout=timeout)
-        lab.start_agent(2, lab.write_config(2, block=self.block, advert_interval=DPAGENT_INTERVAL))
+        lab.start_agent(2, lab.write_config(2, block=self.block, advert_interval=DPAGENT_INTERVAL, l2=self.l2))
         lab.wait_master_seen(2, 1, timeout=timeout)
 
     def fail(self, lab: Lab, case: str) -> float:
@@ -322,6 +329,7 @@ def main() -> int:
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--heartbeats", nargs="+", default=list(HEARTBEATS), choices=HEARTBEATS)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    parser.add_argument("--l2", nargs="+", default=list(L2_MODES), choices=L2_MODES, help="dpagent's L2 modes")
     parser.add_argument("--probe-targets", type=int, default=PROBE_TARGETS,
                         help="addresses probed across the block, each every 1 ms (at least 8)")
     parser.add_argument("--no-realtime-probe", dest="realtime", action="store_false",
@@ -341,23 +349,23 @@ def main() -> int:
         fast, fast_tried = fast_interval_that_works()
         print(f"# keepalived-fast: advert_int {fast} (tried {json.dumps(fast_tried)})", flush=True)
     makers = {
-        "dpagent": lambda block: Dpagent(block),
-        "keepalived-fast": lambda block: Keepalived("keepalived-fast", block, fast),
-        "keepalived-default": lambda block: Keepalived("keepalived-default", block, KEEPALIVED_DEFAULT_INTERVAL),
+        "dpagent": lambda block, l2: Dpagent(block, l2),
+        "keepalived-fast": lambda block, l2: Keepalived("keepalived-fast", block, fast),
+        "keepalived-default": lambda block, l2: Keepalived("keepalived-default", block, KEEPALIVED_DEFAULT_INTERVAL),
     }
     raw: dict = {}
     notes: list[str] = []
     settings_by_system: dict = {}
     for size in args.blocks:
         block = BLOCKS[size]
-        for name in args.systems:
-            system = makers[name](block)
+        for name, l2 in variants(args):
+            system = makers[name](block, l2)
             settings_by_system[name] = system.settings
             repeats = args.keepalived_big_repeats if (size > 256 and name != "dpagent") else args.repeats
             setup_failed: list[dict] | None = None
             for heartbeat in args.heartbeats:
                 for case in args.cases:
-                    key = f"{name}/{heartbeat}/{size}/{case}"
+                    key = f"{name}/{l2}/{heartbeat}/{size}/{case}"
                     if setup_failed is not None:
                         # The set-up is the master alone configuring the block, before any heartbeat or
                         # failure: it cannot go otherwise for another case or topology.
@@ -394,6 +402,7 @@ def main() -> int:
         "systems": args.systems,
         "heartbeats": args.heartbeats,
         "cases": args.cases,
+        "l2": args.l2,
         "probe": {"interval_ms_per_address": 1, "targets": args.probe_targets,
                   "targets_include": "first and last usable address, the rest evenly between",
                   "timestamps": "kernel receive time (SO_TIMESTAMPNS)", "realtime": args.realtime,
@@ -408,6 +417,11 @@ def main() -> int:
     }
     write_result(args.output, "failover", settings, figures, raw, notes=notes)
     return 0
+
+
+def variants(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(system, L2 mode) pairs: dpagent in each mode asked for, keepalived with its GARPs."""
+    return [(name, l2) for name in args.systems for l2 in (args.l2 if name == "dpagent" else ["garp"])]
 
 
 def summary(run: Run) -> str:
@@ -427,11 +441,11 @@ def report(figures: Figures, raw: dict, args: argparse.Namespace) -> None:
     for size in args.blocks:
         for heartbeat in args.heartbeats:
             for case in args.cases:
-                worst: dict[str, tuple[float | None, bool]] = {}
-                for name in args.systems:
-                    runs = [Run(**r) for r in raw.get(f"{name}/{heartbeat}/{size}/{case}", [])]
+                worst: dict[tuple[str, str], tuple[float | None, bool]] = {}
+                for name, l2 in variants(args):
+                    runs = [Run(**r) for r in raw.get(f"{name}/{l2}/{heartbeat}/{size}/{case}", [])]
                     measured = [r for r in runs if not r.error]
-                    labels = {"system": name, "case": case, "block": size, "heartbeat": heartbeat}
+                    labels = {"system": name, "l2": l2, "case": case, "block": size, "heartbeat": heartbeat}
                     if not measured:
                         # Only the worst address has a bound then: the first probed address may come back early
                         # (it is among the first the backup adds), the last one cannot.
@@ -439,18 +453,20 @@ def report(figures: Figures, raw: dict, args: argparse.Namespace) -> None:
                         if bound:
                             figures.add("failover_outage_ms", {**labels, "stat": "worst"}, bound, "ms",
                                         lower_bound=True)
-                            worst[name] = (bound, True)
+                            worst[(name, l2)] = (bound, True)
                         continue
                     for stat in STATS:
                         value, lower = median_of([(r.outage_ms[stat], r.lower_bound[stat]) for r in measured])
                         figures.add("failover_outage_ms", {**labels, "stat": stat}, value, "ms", lower_bound=lower)
                         if stat == "worst":
-                            worst[name] = (value, lower)
+                            worst[(name, l2)] = (value, lower)
                     figures.add("failover_dual_answer_runs", labels, sum(r.dual_answer for r in measured),
                                 f"runs of {len(measured)}")
                     detect = [r.steps["detect_ms"] for r in measured if "detect_ms" in r.steps]
                     if detect:
                         figures.add("failover_detect_ms", labels, statistics.median(detect), "ms")
+                        beyond = [r.outage_ms["worst"] - r.steps["detect_ms"] for r in measured if "detect_ms" in r.steps]
+                        figures.add("failover_worst_after_detect_ms", labels, statistics.median(beyond), "ms")
                     announce = [r.steps["steps_ms"][f"announce:{ANNOUNCE_BLOCK}"]["took"] for r in measured
                                 if f"announce:{ANNOUNCE_BLOCK}" in r.steps.get("steps_ms", {})]
                     if announce:
@@ -458,13 +474,15 @@ def report(figures: Figures, raw: dict, args: argparse.Namespace) -> None:
                     gaps = [r.steps["worst_advert_gap_ms"] for r in measured if r.steps.get("worst_advert_gap_ms")]
                     if gaps:
                         figures.add("failover_advert_gap_max_ms", labels, max(gaps), "ms")
-                ours = worst.get("dpagent")
-                for name in ("keepalived-fast", "keepalived-default"):
-                    theirs = worst.get(name)
-                    if ours and theirs and ours[0] and not ours[1]:
-                        figures.add("failover_ratio", {"case": case, "block": size, "heartbeat": heartbeat,
-                                                       "vs": name, "stat": "worst"},
-                                    theirs[0] / ours[0], "x", lower_bound=theirs[1])
+                for (name, l2), ours in worst.items():
+                    if name != "dpagent":
+                        continue
+                    for rival in ("keepalived-fast", "keepalived-default"):
+                        theirs = worst.get((rival, "garp"))
+                        if theirs and theirs[0] and ours[0] and not ours[1]:
+                            figures.add("failover_ratio", {"case": case, "block": size, "heartbeat": heartbeat,
+                                                           "l2": l2, "vs": rival, "stat": "worst"},
+                                        theirs[0] / ours[0], "x", lower_bound=theirs[1])
 
 
 def setup_bound_ms(runs: list[Run], args: argparse.Namespace) -> float | None:

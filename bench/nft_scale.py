@@ -16,6 +16,8 @@
   65,536 addresses out and 65,536 in: bulk work is cut into transactions of
   8,192 elements so the kernel's nftables mutex is never held long; what is left
   is mostly Python's GIL (the switch interval is a label).
+- nft_flip_ms: a full ownership flip of a cluster-mac block's buckets (all owned, then
+  none; 256 and 1,024 buckets), each one nfnetlink transaction, as a takeover makes it.
 - nft_refresh_ms{beside=operator-interval-set}: a refresh while the operator's own
   table holds an interval set of 65,536 ranges, dpagent's nfnetlink messages
   against the same elements added through libnftables (which fetches every
@@ -67,7 +69,8 @@ from pathlib import Path
 import nftables
 from _report import RESULTS, Figures, write_result
 
-from agent.config import Block
+from agent.config import Block, L2Config
+from agent.dataplane.cluster import ClusterFilter
 from agent.dataplane.nft import Gate
 from agent.netns import Namespaces, enter, ip, run_in
 
@@ -145,6 +148,25 @@ def lease_operations(blocks: list[Block], rounds: int) -> dict[str, list[float]]
             if not result.ok:
                 raise RuntimeError(f"{name}: {result.problem}")
             times[name].append(result.seconds)
+    return times
+
+
+def ownership_flips(buckets: int, rounds: int) -> list[float]:
+    """Seconds of each full ownership flip of a cluster-mac block (every bucket owned, then
+    none, as a takeover and a release do), one nfnetlink transaction each."""
+    block = Block("bench", "b0", (PREFIX,), (), l2=L2Config(mode="cluster-mac", buckets=buckets))
+    cluster = ClusterFilter()
+    if cluster.prepare([block]):
+        raise RuntimeError(f"prepare failed: {cluster.problems}")
+    times = []
+    for _ in range(rounds):
+        for owned in (list(range(buckets)), []):
+            result = cluster.own(block, owned)
+            if not result.ok:
+                raise RuntimeError(f"flip: {result.problem}")
+            times.append(result.seconds)
+    if cluster.kernel_owned(block) != []:
+        raise RuntimeError("the last flip left buckets owned")
     return times
 
 
@@ -442,6 +464,14 @@ def main() -> int:
         beside = in_netns(spaces.new("nft"), lambda: beside_operator_set(typical, 65536, max(5, args.rounds // 20)))
     with Namespaces("dpnft") as spaces:
         during = in_netns(spaces.new("nft"), lambda: refresh_during_bulk(typical, 65536 if not args.quick else 8192))
+    flips = {}
+    for buckets in (256, 1024):
+        with Namespaces("dpnft") as spaces:
+            flips[buckets] = in_netns(spaces.new("nft"), lambda: ownership_flips(buckets, args.rounds))
+        figures.add("nft_flip_ms", {"buckets": buckets, "stat": "median"}, statistics.median(flips[buckets]) * 1000,
+                    "ms")
+        figures.add("nft_flip_ms", {"buckets": buckets, "stat": "p99"}, percentile(flips[buckets], 0.99) * 1000, "ms")
+    runs["flips"] = {str(k): v for k, v in flips.items()}
     runs["refresh-during-bulk"] = during
     runs["lease"] = lease_runs
     runs["lease-65536"] = big_runs

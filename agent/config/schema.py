@@ -190,8 +190,9 @@ _BLOCK = (
 
 # VRRP's virtual router MACs (RFC 5798): 00:00:5e:00:01:VRID for IPv4, 00:00:5e:00:02:VRID for IPv6.
 VMAC_PREFIX = {4: "00:00:5e:00:01", 6: "00:00:5e:00:02"}
-# CLUSTERIP's buckets were the nodes; 65,536 buckets keep a flip one small transaction.
-MAX_BUCKETS = 1 << 16
+# CLUSTERIP had one bucket per node (at most 16). A flip of every bucket is one netlink
+# message, which must fit the socket's send buffer (~208 KiB): 1,024 buckets are ~70 KiB.
+MAX_BUCKETS = 1 << 10
 
 _L2 = (
     Key("mode", STRING, ("garp", "vmac", "cluster-mac"), "garp",

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import pytest
 
 from agent.core.buckets import HashFields, bucket, hash_key
+from agent.core.clusterset import hash_expression
 from agent.netns import run_in
 
 FLOWS = 10_000
@@ -42,11 +43,6 @@ CASES = (
     (HashFields.SOURCE_PORTS, FULL, 0x80000000, 0),
     (HashFields.SOURCE_PORTS, 1000, 0, 7),
 )
-NFT_FIELDS = {
-    HashFields.SOURCE: "{ip} saddr",
-    HashFields.SOURCE_PORT: "{ip} saddr . tcp sport",
-    HashFields.SOURCE_PORTS: "{ip} saddr . tcp sport . tcp dport",
-}
 
 
 @dataclass(frozen=True)
@@ -70,9 +66,10 @@ def ruleset(family: Family, device: str) -> str:
     sets = [f"set s{i} {{ typeof {key}; flags dynamic; size 65536; }}" for i in range(len(CASES))]
     rules = [f"meta protocol {family.nft} meta l4proto tcp counter name arrived"]
     for i, (fields, modulus, seed, offset) in enumerate(CASES):
-        expr = NFT_FIELDS[fields].format(ip=family.nft)
+        # The very expression of the agent's cluster filter, with an offset added.
+        expr = hash_expression(fields, family.nft, modulus, seed)
         rules.append(f"meta protocol {family.nft} meta l4proto tcp"
-                     f" meta mark set jhash {expr} mod {modulus} seed {seed:#x} offset {offset}"
+                     f" meta mark set {expr} offset {offset}"
                      f" update @s{i} {{ {key} }}")
     return "\n".join([
         f"table netdev {TABLE} {{", "counter arrived { }", *sets,
