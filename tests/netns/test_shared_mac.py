@@ -192,7 +192,8 @@ def test_cluster_mac_serves_tcp_and_fails_over_without_a_frame_announced(lab) ->
     assert lab.status(2)["buckets"]["blocks"]["ext"]["owned"] == 256
     # Nothing was announced: neighbours kept the cluster MAC.
     after = seen(lab)
-    assert after["na"] == before["na"] and after["arps"] - before["arps"] <= 4, (before, after)
+    # (The client's own NUD probes of its entries are answered: a few ARP packets, not 65,536.)
+    assert after["na"] == before["na"] and after["arps"] - before["arps"] <= 8, (before, after)
     assert entries(lab, V4) == {a: CMAC[4] for a in V4}
 
     # Without `meta pkttype set host` the same frames never reach TCP.
