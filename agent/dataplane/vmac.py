@@ -12,8 +12,9 @@ sender MAC of both replies to the vmac (agent.core.ruleset), so the node's own
 MAC never answers for a block address, and an unleased node answers nothing.
 The parent's own requests leave from its own address (arp_announce 2, set
 here), so no neighbour learns the parent's MAC for a block address either.
-`release` brings it down. A vmac left up by a dead agent is fenced by the
-gate's lease like everything else: its ARP, NAs and traffic are dropped.
+`release` brings it down, DOWN_DELAY later (VmacStep says why). A vmac left up
+by a released block or a dead agent is fenced by the gate like everything else:
+its ARP, NAs and traffic are dropped.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ IFF_UP = 0x1
 IPV6_SETTINGS = {"addr_gen_mode": "1", "accept_dad": "0", "accept_ra": "0"}
 VMAC_OUI = "00:00:5e:00:0"
 ALL_RP_FILTER = "/proc/sys/net/ipv4/conf/all/rp_filter"
+# How long a released vmac stays up, behind a closed gate (see VmacStep).
+DOWN_DELAY = 0.2
 
 
 def _sysctl(path: str, value: str) -> None:
@@ -189,6 +192,11 @@ class Vmacs:
 
 
 class VmacStep:
+    """A release leaves the vmac up for DOWN_DELAY more, fenced by the gate it closes right
+    after: taking a link down holds the kernel's rtnl lock for milliseconds, and on a
+    graceful hand-over the new holder's vmac-up and routes would wait for it (~10 ms here,
+    where both nodes share one kernel)."""
+
     facility = "vmac"
     verbs = {"take": "vmac-up", "release": "vmac-down", "adjust": None}
 
@@ -196,6 +204,7 @@ class VmacStep:
         self._worker = worker
         self._vmacs = Vmacs()
         self._leftovers: dict = {}
+        self._downs: dict[str, asyncio.TimerHandle] = {}
 
     async def _run(self, func, *args):
         return await asyncio.get_running_loop().run_in_executor(self._worker, func, *args)
@@ -206,10 +215,23 @@ class VmacStep:
             log.error("block %s: %s", name, problem)
 
     async def take(self, block: Block) -> StepResult:
+        pending = self._downs.pop(block.name, None)
+        if pending is not None:
+            pending.cancel()
         return await self._run(self._vmacs.set_up, block, True)
 
     async def release(self, block: Block) -> StepResult:
-        return await self._run(self._vmacs.set_up, block, False)
+        old = self._downs.pop(block.name, None)
+        if old is not None:
+            old.cancel()
+        self._downs[block.name] = asyncio.get_running_loop().call_later(DOWN_DELAY, self._down, block)
+        return StepResult(applied=1, detail={"device": block.l2.device, "down_in_s": DOWN_DELAY})
+
+    def _down(self, block: Block) -> None:
+        self._downs.pop(block.name, None)
+        future = asyncio.get_running_loop().run_in_executor(self._worker, self._vmacs.set_up, block, False)
+        future.add_done_callback(lambda done: done.result().problem and log.error(
+            "block %s: %s", block.name, done.result().problem))
 
     async def adjust(self, old: Block, new: Block) -> None:
         """The vmac does not depend on the block's addresses."""
@@ -235,4 +257,11 @@ class VmacStep:
                 "problems": dict(vmacs.problems), "leftovers_removed": self._leftovers}
 
     async def close(self) -> None:
+        """Every vmac released and still up goes down now, before the agent exits."""
+        for name, timer in list(self._downs.items()):
+            timer.cancel()
+            block = self._vmacs.devices.get(name)
+            if block is not None:
+                await self._run(self._vmacs.set_up, block, False)
+        self._downs.clear()
         await self._run(self._vmacs.close)

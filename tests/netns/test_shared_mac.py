@@ -183,6 +183,11 @@ def test_cluster_mac_serves_tcp_and_fails_over_without_a_frame_announced(lab) ->
     assert wait_for(lambda: connect(lab, V6[1])) == "fw1"
     status = lab.status(2)
     assert status["buckets"]["blocks"]["ext"]["owned"] == 0
+    # Both nodes asked their interface for the cluster MACs (what a real NIC needs; veth delivers anyway).
+    for node in (1, 2):
+        listed = lab.exec(f"fw{node}", ["cat", "/proc/net/dev_mcast"]).stdout
+        for mac in CMAC.values():
+            assert any(f.split()[1] == "ext0" and f.split()[4] == mac.replace(":", "") for f in listed.splitlines())
     before = seen(lab)
 
     lab.kill_node(1)
@@ -220,3 +225,24 @@ def test_a_sigkilled_agent_stops_accepting_its_cluster_mac_traffic_by_itself(lab
     wait_for(only_fw2)
     assert only_fw2()
     assert fw1 != fw2
+
+
+@pytest.mark.parametrize("l2", ["vmac", "cluster-mac"])
+def test_cleanup_removes_a_sigkilled_agents_vmacs_and_cluster_filter(lab, l2: str) -> None:
+    lab.start_agent(1, lab.write_config(1, block_v6=BLOCK_V6, l2=l2))
+    lab.wait_state(1, "MASTER")
+
+    def leftovers() -> tuple[str, str]:
+        links = lab.exec("fw1", ["ip", "-br", "link", "show", "type", "macvlan"]).stdout
+        tables = lab.exec("fw1", ["nft", "list", "tables"]).stdout
+        return links, tables
+
+    links, tables = wait_for(lambda: (found := leftovers()) and (("dpv4-51" in found[0]) == (l2 == "vmac"))
+                             and found)
+    assert ("table netdev dpagent" in tables) == (l2 == "cluster-mac")
+    lab.kill_agent(1, signal.SIGKILL)
+    done = lab.exec("fw1", [sys.executable, "-m", "agent.runtime.main", "-c", str(lab.dir / "fw1.toml"), "cleanup"],
+                    check=False)
+    assert done.returncode == 0, done.stderr
+    links, tables = leftovers()
+    assert "dpv" not in links and "dpagent" not in tables, (links, tables)
