@@ -239,10 +239,11 @@ def _rules(family: str, block: BlockLike, own_mac: str) -> list[dict]:
             for chain, expr in rules]
 
 
-def add_block(block: BlockLike, own_mac: str = NO_MAC) -> list[dict]:
+def add_block(block: BlockLike, own_mac: str = NO_MAC, plain: bool = True) -> list[dict]:
     """The block's gate, closed: its sets, lease set, chains and rules, then its members
     as element commands, so that a load cut into transactions (`transactions`) has the
-    whole gate from the first one on. `own_mac`: the interface's MAC (see `_rules`)."""
+    whole gate from the first one on. `own_mac`: the interface's MAC (see `_rules`);
+    without `plain`, the loose addresses are left to `member_batches`."""
     held = members(block)
     commands, elements = [], []
     for family in FAMILIES:
@@ -250,7 +251,7 @@ def add_block(block: BlockLike, own_mac: str = NO_MAC) -> list[dict]:
         commands += [{"add": {"set": _set(family, kind, block.name)}} for kind in (*_sets(family), "lease")]
         commands += [{"add": {"chain": chain}} for chain in _chains(family, block.name)]
         commands += [{"add": {"rule": rule}} for rule in _rules(family, block, own_mac)]
-    for kind in KINDS:
+    for kind in KINDS if plain else tuple(k for k in KINDS if k not in PLAIN_SETS):
         values = _elements(kind, getattr(held, kind))
         if values:
             # One list, shared by both tables' commands.
@@ -279,9 +280,9 @@ def remove_block(name: str) -> list[dict]:
     return commands
 
 
-def rebuild(block: BlockLike, own_mac: str = NO_MAC) -> list[dict]:
+def rebuild(block: BlockLike, own_mac: str = NO_MAC, plain: bool = True) -> list[dict]:
     """The block's gate as `block` defines it, closed, replacing whatever was there."""
-    return remove_block(block.name) + add_block(block, own_mac)
+    return remove_block(block.name) + add_block(block, own_mac, plain)
 
 
 def rule_counts(block: BlockLike) -> dict[tuple[str, str], int]:
@@ -444,6 +445,53 @@ def lease_batch(names: Sequence[str], lease: float, seq: int, *, close: bool = F
                                       _lease_list(family, name, timed)))
     parts.append(nfnl_message(NFNL_MSG_BATCH_END, 0, seq + 1, 0, b"", NFNL_SUBSYS_NFTABLES))
     return b"".join(parts), acked
+
+
+# Plain-set members go to the kernel as nfnetlink element messages too: libnftables spent
+# ~400 ms parsing and evaluating 65,536 of them as JSON (two tables). A netlink attribute
+# holds at most 64 KiB: one batch of one message per 60 KiB of elements.
+MEMBER_BATCH_BYTES = 60 << 10
+PLAIN_SETS = ("addr4", "addr6")
+
+
+@dataclass(frozen=True)
+class MemberChunk:
+    """Loose addresses for one plain set of one table, already encoded as list elements."""
+
+    family: str
+    set: str
+    count: int
+    items: bytes
+
+
+def member_chunks(name: str, held: Members) -> list[MemberChunk]:
+    """The block's loose addresses for its plain sets, in both tables, cut to fit one
+    message each."""
+    check_name(name)
+    out = []
+    for kind in PLAIN_SETS:
+        keys = [a.packed for a in getattr(held, kind)]
+        if not keys:
+            continue
+        # Every element is the same three attribute headers and its key.
+        head = nla_nest(NFTA_LIST_ELEM, nla_nest(NFTA_SET_ELEM_KEY, nla(NFTA_DATA_VALUE, keys[0])))[:-len(keys[0])]
+        chunk = MEMBER_BATCH_BYTES // (len(head) + len(keys[0]))
+        for first in range(0, len(keys), chunk):
+            part = keys[first:first + chunk]
+            items = head + head.join(part)
+            out += [MemberChunk(family, set_name(kind, name), len(part), items)
+                    for family in FAMILIES if kind in _sets(family)]
+    return out
+
+
+def member_batch(chunk: MemberChunk, seq: int) -> tuple[bytes, dict[int, str]]:
+    """One transaction adding one chunk's addresses."""
+    target = nla_string(NFTA_SET_ELEM_LIST_TABLE, TABLE) + nla_string(NFTA_SET_ELEM_LIST_SET, chunk.set)
+    begin = nfnl_message(NFNL_MSG_BATCH_BEGIN, 0, seq, 0, b"", NFNL_SUBSYS_NFTABLES)
+    add = nfnl_message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM, NLM_F_CREATE | NLM_F_ACK, seq + 1,
+                       NFPROTO[chunk.family], target + nla_nest(NFTA_SET_ELEM_LIST_ELEMENTS, chunk.items))
+    end = nfnl_message(NFNL_MSG_BATCH_END, 0, seq + 2, 0, b"", NFNL_SUBSYS_NFTABLES)
+    return begin + add + end, {seq + 1: f"add element {chunk.family} {TABLE} {chunk.set} ({chunk.count} addresses)"}
 
 
 def lease_dump(family: str, name: str, seq: int) -> bytes:

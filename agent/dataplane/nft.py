@@ -217,14 +217,14 @@ class Gate:
         for block in blocks:
             try:
                 if self._wanted(block):
-                    parts.append((block.name, block, ruleset.rebuild(block, own_mac(block))))
+                    parts.append((block.name, block, ruleset.rebuild(block, own_mac(block), plain=False)))
             except (ValueError, TypeError, AttributeError) as exc:
                 problems[str(block.name)] = f"bad input: {exc}"
         head = [] if self._prepared else ruleset.delete_tables()
         problem, done = self._apply(head + [c for _name, _block, commands in parts for c in commands])
         if problem is None:
             for name, block, _commands in parts:
-                self._record(name, block)
+                self._complete(name, block, problems)
         else:
             if head and not done and self._json(head) is not None:
                 return {str(b.name): problem for b in blocks}
@@ -232,7 +232,7 @@ class Gate:
             for name, block, commands in parts:
                 problem, done = self._apply(commands)
                 if problem is None:
-                    self._record(name, block)
+                    self._complete(name, block, problems)
                     continue
                 problems[name] = problem
                 if done and self._json(ruleset.remove_block(name)) is None:
@@ -253,6 +253,27 @@ class Gate:
             return True
         return block.name not in self.open and (ruleset.members(loaded) != ruleset.members(block)
                                                 or loaded.l2 != block.l2)
+
+    def _members(self, block: Block) -> str | None:
+        """The block's loose addresses into its plain sets, as nfnetlink batches (ruleset
+        says why); None, or what the kernel refused."""
+        for chunk in ruleset.member_chunks(block.name, ruleset.members(block)):
+            problem = self._netlink().transact(lambda seq, c=chunk: ruleset.member_batch(c, seq))
+            if problem is not None:
+                return problem
+        return None
+
+    def _complete(self, name: str, block: Block | None, problems: dict[str, str]) -> None:
+        """Record a part of prepare whose JSON loaded: a block's gate is complete once its
+        loose addresses are in; one that cannot have them is removed, not kept half-full."""
+        if block is not None:
+            problem = self._members(block)
+            if problem is not None:
+                problems[name] = problem
+                if self._json(ruleset.remove_block(name)) is None:
+                    self._record(name, None)
+                return
+        self._record(name, block)
 
     def _record(self, name: str, block: Block | None) -> None:
         if block is None:
@@ -288,7 +309,8 @@ class Gate:
     def _restore(self, result: StepResult, block: Block) -> None:
         """Rebuild and, if open, arm: libnftables, then a lease message, so an open block
         is closed in between for a moment."""
-        result.problem, _done = self._apply(ruleset.rebuild(block, own_mac(block)))
+        result.problem, _done = self._apply(ruleset.rebuild(block, own_mac(block), plain=False))
+        result.problem = result.problem or self._members(block)
         if result.problem is not None:
             return
         self.loaded[block.name] = block

@@ -357,3 +357,19 @@ def test_shared_mac_blocks_rewrite_arp_behind_the_drops_and_cluster_mac_also_ndp
     assert kinds == ["drop", "drop", "mangle", "mangle"]
     assert rules[-1]["expr"][-1] == {"mangle": {"key": {"payload": {"protocol": "arp", "field": "saddr ether"}},
                                                 "value": "01:00:5e:00:01:01"}}
+
+
+def test_loose_addresses_go_in_chunks_that_fit_a_netlink_attribute_and_cover_every_address() -> None:
+    loose = [f"198.19.{i >> 8}.{i & 255}" for i in range(10_000)] + [f"2001:db8::{i:x}" for i in range(3_000)]
+    held = ruleset.members(block("big", "198.18.0.0/16", *loose))
+    chunks = ruleset.member_chunks("big", held)
+    assert all(len(c.items) <= ruleset.MEMBER_BATCH_BYTES < 0xFFFF for c in chunks)
+    counted: dict[tuple[str, str], int] = {}
+    for c in chunks:
+        counted[(c.family, c.set)] = counted.get((c.family, c.set), 0) + c.count
+    assert counted == {("inet", "addr4.big"): 10_000, ("arp", "addr4.big"): 10_000, ("inet", "addr6.big"): 3_000}
+    # The prefix stays a JSON element; the loose addresses are left out of the JSON.
+    commands = ruleset.add_block(block("big", "198.18.0.0/16", *loose), plain=False)
+    assert {e["name"] for e in objects(commands, "add", "element")} == {"net4.big"}
+    data, acked = ruleset.member_batch(chunks[0], 7)
+    assert list(acked) == [8] and len(data) > len(chunks[0].items)
