@@ -5,7 +5,8 @@
   one libnftables JSON transaction) against the classic shape, one rule per
   address (`ip daddr X drop`, as CLUSTERIP needed one iptables rule per address),
   also one JSON transaction, for N = 256, 4,096, 65,536.
-- nft_prefix_ms: a /16 as one interval element (both tables).
+- nft_prefix_ms: a block of one /16 loaded (its whole gate, both tables), and a /16
+  interval element added to or deleted from a loaded block (a reload's delta).
 - nft_prepare_ms: a /16 plus 4,096 loose addresses, the shape of a typical block.
 - nft_take_ms / nft_refresh_ms / nft_release_ms: the lease operations (text
   commands: JSON cannot carry sub-second timeouts), median and 99th percentile of
@@ -148,6 +149,24 @@ def lease_operations(blocks: list[Block], rounds: int) -> dict[str, list[float]]
             if not result.ok:
                 raise RuntimeError(f"{name}: {result.problem}")
             times[name].append(result.seconds)
+    return times
+
+
+def prefix_elements(rounds: int) -> list[float]:
+    """Seconds of adding a /16 to a loaded block and taking it out again (a reload's
+    delta: one interval element in each table, one libnftables transaction)."""
+    small = Block("bench", "b0", (ipaddress.ip_network("203.0.113.0/24"),), ())
+    grown = Block("bench", "b0", (ipaddress.ip_network("203.0.113.0/24"), PREFIX), ())
+    gate = Gate(LEASE)
+    if gate.prepare([small]):
+        raise RuntimeError("prepare failed")
+    times = []
+    for _ in range(rounds):
+        for old, new in ((small, grown), (grown, small)):
+            result = gate.adjust(old, new)
+            if not result.ok:
+                raise RuntimeError(f"adjust: {result.problem}")
+            times.append(result.seconds)
     return times
 
 
@@ -449,7 +468,12 @@ def main() -> int:
         figures.add("nft_load_ratio", {"vs": "per-address-rules", "n": n}, theirs / ours, "x")
 
     prefix = measure("prefix", lambda: dpagent_load([Block("bench", "b0", (PREFIX,), ())]))
-    figures.add("nft_prefix_ms", {"prefix": "/16", "addresses": PREFIX.num_addresses}, prefix * 1000, "ms")
+    figures.add("nft_prefix_ms", {"prefix": "/16", "op": "block-load", "addresses": PREFIX.num_addresses}, prefix * 1000, "ms")
+    with Namespaces("dpnft") as spaces:
+        element = in_netns(spaces.new("nft"), lambda: prefix_elements(max(10, args.rounds // 4)))
+    runs["prefix-element"] = element
+    figures.add("nft_prefix_ms", {"prefix": "/16", "op": "element-add-or-delete", "stat": "median"},
+                statistics.median(element) * 1000, "ms")
     typical = Block("bench", "b0", (PREFIX,), loose(4096))
     prepare = measure("prepare", lambda: dpagent_load([typical]))
     figures.add("nft_prepare_ms", {"prefix": "/16", "loose": 4096}, prepare * 1000, "ms")

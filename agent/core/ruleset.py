@@ -239,12 +239,13 @@ def _rules(family: str, block: BlockLike, own_mac: str) -> list[dict]:
             for chain, expr in rules]
 
 
-def add_block(block: BlockLike, own_mac: str = NO_MAC, plain: bool = True) -> list[dict]:
+def add_block(block: BlockLike, own_mac: str = NO_MAC, plain: bool = True, held: Members | None = None) -> list[dict]:
     """The block's gate, closed: its sets, lease set, chains and rules, then its members
     as element commands, so that a load cut into transactions (`transactions`) has the
     whole gate from the first one on. `own_mac`: the interface's MAC (see `_rules`);
-    without `plain`, the loose addresses are left to `member_batches`."""
-    held = members(block)
+    without `plain`, the loose addresses are left to `member_chunks`; `held`: the
+    block's `members`, when the caller has them already (65,536 cost ~17 ms)."""
+    held = members(block) if held is None else held
     commands, elements = [], []
     for family in FAMILIES:
         commands.append({"add": _table(family)})
@@ -280,9 +281,9 @@ def remove_block(name: str) -> list[dict]:
     return commands
 
 
-def rebuild(block: BlockLike, own_mac: str = NO_MAC, plain: bool = True) -> list[dict]:
+def rebuild(block: BlockLike, own_mac: str = NO_MAC, plain: bool = True, held: Members | None = None) -> list[dict]:
     """The block's gate as `block` defines it, closed, replacing whatever was there."""
-    return remove_block(block.name) + add_block(block, own_mac, plain)
+    return remove_block(block.name) + add_block(block, own_mac, plain, held)
 
 
 def rule_counts(block: BlockLike) -> dict[tuple[str, str], int]:

@@ -211,20 +211,22 @@ class Gate:
     def _prepare(self, blocks: Sequence[Block]) -> dict[str, str]:
         self._configured = {str(b.name) for b in blocks}
         problems: dict[str, str] = {}
+        held: dict[str, ruleset.Members] = {}
         parts: list[tuple[str, Block | None, list[dict]]] = [
             (name, None, ruleset.remove_block(name))
             for name in list(self.loaded) if name not in self._configured and name not in self.open]
         for block in blocks:
             try:
                 if self._wanted(block):
-                    parts.append((block.name, block, ruleset.rebuild(block, own_mac(block), plain=False)))
+                    held[block.name] = ruleset.members(block)
+                    parts.append((block.name, block, ruleset.rebuild(block, own_mac(block), False, held[block.name])))
             except (ValueError, TypeError, AttributeError) as exc:
                 problems[str(block.name)] = f"bad input: {exc}"
         head = [] if self._prepared else ruleset.delete_tables()
         problem, done = self._apply(head + [c for _name, _block, commands in parts for c in commands])
         if problem is None:
             for name, block, _commands in parts:
-                self._complete(name, block, problems)
+                self._complete(name, block, problems, held.get(name))
         else:
             if head and not done and self._json(head) is not None:
                 return {str(b.name): problem for b in blocks}
@@ -232,7 +234,7 @@ class Gate:
             for name, block, commands in parts:
                 problem, done = self._apply(commands)
                 if problem is None:
-                    self._complete(name, block, problems)
+                    self._complete(name, block, problems, held.get(name))
                     continue
                 problems[name] = problem
                 if done and self._json(ruleset.remove_block(name)) is None:
@@ -254,20 +256,21 @@ class Gate:
         return block.name not in self.open and (ruleset.members(loaded) != ruleset.members(block)
                                                 or loaded.l2 != block.l2)
 
-    def _members(self, block: Block) -> str | None:
+    def _members(self, block: Block, held: ruleset.Members | None = None) -> str | None:
         """The block's loose addresses into its plain sets, as nfnetlink batches (ruleset
         says why); None, or what the kernel refused."""
-        for chunk in ruleset.member_chunks(block.name, ruleset.members(block)):
+        for chunk in ruleset.member_chunks(block.name, ruleset.members(block) if held is None else held):
             problem = self._netlink().transact(lambda seq, c=chunk: ruleset.member_batch(c, seq))
             if problem is not None:
                 return problem
         return None
 
-    def _complete(self, name: str, block: Block | None, problems: dict[str, str]) -> None:
+    def _complete(self, name: str, block: Block | None, problems: dict[str, str],
+                  held: ruleset.Members | None) -> None:
         """Record a part of prepare whose JSON loaded: a block's gate is complete once its
         loose addresses are in; one that cannot have them is removed, not kept half-full."""
         if block is not None:
-            problem = self._members(block)
+            problem = self._members(block, held)
             if problem is not None:
                 problems[name] = problem
                 if self._json(ruleset.remove_block(name)) is None:
@@ -309,8 +312,9 @@ class Gate:
     def _restore(self, result: StepResult, block: Block) -> None:
         """Rebuild and, if open, arm: libnftables, then a lease message, so an open block
         is closed in between for a moment."""
-        result.problem, _done = self._apply(ruleset.rebuild(block, own_mac(block), plain=False))
-        result.problem = result.problem or self._members(block)
+        held = ruleset.members(block)
+        result.problem, _done = self._apply(ruleset.rebuild(block, own_mac(block), False, held))
+        result.problem = result.problem or self._members(block, held)
         if result.problem is not None:
             return
         self.loaded[block.name] = block
