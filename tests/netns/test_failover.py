@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -64,7 +65,11 @@ def test_agent_crash_peer_takes_over_and_restarted_agent_cleans_up(lab):
     status = lab.wait_state(2, "MASTER", timeout=5)
     # The links stay up: no carrier signal, the dead interval is what tells fw2.
     dead_after = (3 + TIE_MARGIN) * 0.05
-    assert status["node"]["last_transition"]["reason"] == f"peer 1 (prio 150) silent for {dead_after:.3f} s"
+    # 0.1625 s prints as 0.162 or 0.163 depending on how the float was summed: compare the number.
+    reason = status["node"]["last_transition"]["reason"]
+    said = re.fullmatch(r"peer 1 \(prio 150\) silent for ([0-9.]+) s", reason)
+    assert said is not None, reason
+    assert abs(float(said.group(1)) - dead_after) <= 0.001, reason
     # The crashed agent's routes are still in fw1's kernel (its gate's lease fences them).
     wait_holders(lab, [1, 2])
     lab.start_agent(1)
