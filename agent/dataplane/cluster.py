@@ -25,7 +25,7 @@ from concurrent.futures import Executor
 import nftables
 
 from agent.config import Block
-from agent.core import clusterset, ruleset
+from agent.core import clusterset
 from agent.core.buckets import HashFields
 from agent.dataplane.nft import LeaseSocket, problem_text
 from agent.dataplane.step import StepResult

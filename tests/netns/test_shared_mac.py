@@ -31,10 +31,9 @@ PORT = 8080
 # Every answer to a broadcast ARP request / a multicast NS for ADDR from the client:
 # (Ethernet source, link-layer address the answer gives), as JSON.
 WHO_ANSWERS = """
-import ipaddress, json, sys
-from scapy.all import ARP, Ether, IPv6, ICMPv6ND_NS, ICMPv6ND_NA, ICMPv6NDOptSrcLLAddr, ICMPv6NDOptDstLLAddr
+import json, socket, sys
+from scapy.all import ARP, Ether, IPv6, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, ICMPv6NDOptDstLLAddr
 from scapy.all import conf, get_if_hwaddr, in6_getnsma, in6_getnsmac, inet_pton, inet_ntop, srp
-import socket
 conf.verb = 0
 mac, target = get_if_hwaddr("ext0"), sys.argv[1]
 if ":" in target:
