@@ -71,6 +71,7 @@ import nftables
 from _report import RESULTS, Figures, write_result
 
 from agent.config import Block, L2Config
+from agent.core import clusterset, ruleset
 from agent.dataplane.cluster import ClusterFilter
 from agent.dataplane.nft import Gate
 from agent.netns import Namespaces, batch, enter, ip, run_in
@@ -294,46 +295,26 @@ def load_filter(shape: str, count: int, device: str) -> int:
     return filter_packets()[1]
 
 
-NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NFT_MSG_GETRULE, NFPROTO_NETDEV = 12, 10, 7, 5
-NLM_F_REQUEST, NLM_F_DUMP, NLMSG_ERROR, NLMSG_DONE = 0x1, 0x300, 2, 3
-NFTA_RULE_TABLE, NFTA_RULE_EXPRESSIONS, NFTA_EXPR_DATA, NFTA_COUNTER_PACKETS = 1, 4, 2, 2
-NLMSGHDR, NLATTR = struct.Struct("=IHHII"), struct.Struct("=HH")
-COUNTER_NAME = NLATTR.pack(12, 1) + b"counter\0"  # an expression's NFTA_EXPR_NAME attribute, "counter"
-
-
-def nla_list(data: bytes) -> list[tuple[int, bytes]]:
-    out, offset = [], 0
-    while offset + NLATTR.size <= len(data):
-        length, kind = NLATTR.unpack_from(data, offset)
-        if length < NLATTR.size:
-            break
-        out.append((kind & 0x3FFF, data[offset + NLATTR.size: offset + length]))
-        offset += (length + 3) & ~3
-    return out
+NFTA_RULE_EXPRESSIONS, NFTA_EXPR_NAME, NFTA_EXPR_DATA, NFTA_COUNTER_PACKETS = 4, 1, 2, 2
+COUNTER_NAME = ruleset.nla(NFTA_EXPR_NAME, b"counter\0")  # an expression's name attribute, "counter"
 
 
 def rule_dump(table: str) -> list[bytes]:
-    """The attributes of every rule of netdev table `table`, one nfnetlink dump."""
-    name = table.encode() + b"\0"
-    attrs = NLATTR.pack(NLATTR.size + len(name), NFTA_RULE_TABLE) + name + b"\0" * (-len(name) % 4)
-    body = struct.pack("=BBH", NFPROTO_NETDEV, 0, 0) + attrs
-    request = NLMSGHDR.pack(NLMSGHDR.size + len(body), NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETRULE,
-                            NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body
+    """The attributes of every rule of netdev table `table`, one nfnetlink dump (its own
+    socket: a dump of 65,536 rules outlasts the gate's reply timeout)."""
+    request = ruleset.nfnl_message(ruleset.NFNL_SUBSYS_NFTABLES << 8 | ruleset.NFT_MSG_GETRULE, ruleset.NLM_F_DUMP,
+                                   1, clusterset.NFPROTO_NETDEV, ruleset.nla_string(ruleset.NFTA_RULE_TABLE, table))
     rules: list[bytes] = []
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, ruleset.NETLINK_NETFILTER) as sock:
         sock.settimeout(30)
         sock.send(request)
         while True:
-            data, offset = sock.recv(1 << 20), 0
-            while offset + NLMSGHDR.size <= len(data):
-                length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
-                if kind == NLMSG_DONE:
+            for reply in ruleset.replies(sock.recv(1 << 20)):
+                if reply.kind == ruleset.NLMSG_DONE:
                     return rules
-                if kind == NLMSG_ERROR:
-                    (error,) = struct.unpack_from("=i", data, offset + NLMSGHDR.size)
-                    raise RuntimeError(f"rule dump: {os.strerror(-error)}")
-                rules.append(data[offset + NLMSGHDR.size + 4: offset + length])  # after nfgenmsg
-                offset += (length + 3) & ~3
+                if reply.kind == ruleset.NLMSG_ERROR:
+                    raise RuntimeError(f"rule dump: {os.strerror(-reply.error)}")
+                rules.append(reply.attrs)
 
 
 def filter_packets() -> tuple[int, int]:
@@ -342,16 +323,16 @@ def filter_packets() -> tuple[int, int]:
     65,536 elements, for seconds of CPU in the middle of the measurement)."""
     packets = rules = 0
     for rule in rule_dump(FILTER_TABLE):
-        expressions = next(v for k, v in nla_list(rule) if k == NFTA_RULE_EXPRESSIONS)
+        expressions = next(v for k, v in ruleset.nla_parse(rule) if k == NFTA_RULE_EXPRESSIONS)
         # Each expression is a list element holding its name, then its data: find the
         # counter's name; the attribute after it is its data.
         at = expressions.find(COUNTER_NAME)
         if at < 0:
             continue
-        kind, data = nla_list(expressions[at + len(COUNTER_NAME):])[0]
+        kind, data = ruleset.nla_parse(expressions[at + len(COUNTER_NAME):])[0]
         if kind != NFTA_EXPR_DATA:
             raise RuntimeError("rule dump: a counter without data")
-        packets += struct.unpack("!Q", dict(nla_list(data))[NFTA_COUNTER_PACKETS])[0]
+        packets += struct.unpack("!Q", dict(ruleset.nla_parse(data))[NFTA_COUNTER_PACKETS])[0]
         rules += 1
     return packets, rules
 

@@ -17,17 +17,14 @@ import fcntl
 import logging
 import socket
 import struct
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
-import nftables
-
 from agent.config import Block
 from agent.core import clusterset
 from agent.core.buckets import HashFields
-from agent.dataplane.nft import LeaseSocket, problem_text
+from agent.dataplane.nft import KernelHandles, problem_text
 from agent.dataplane.step import StepResult
 
 log = logging.getLogger("dpagent.buckets")
@@ -60,27 +57,15 @@ def _all_buckets(block: Block) -> list[int]:
     return list(range(block.l2.buckets))
 
 
-class ClusterFilter:
+class ClusterFilter(KernelHandles):
     """The filter's work, blocking: loads in the step's worker, ownership on the event loop."""
 
     def __init__(self) -> None:
-        self._local = threading.local()
+        super().__init__()
         self._prepared = False
         self.loaded: dict[str, Block] = {}
         self.owned: dict[str, int] = {}
         self.problems: dict[str, str] = {}
-
-    def _nft(self) -> nftables.Nftables:
-        context = getattr(self._local, "nft", None)
-        if context is None:
-            context = self._local.nft = nftables.Nftables()
-        return context
-
-    def _netlink(self) -> LeaseSocket:
-        sock = getattr(self._local, "netlink", None)
-        if sock is None:
-            sock = self._local.netlink = LeaseSocket()
-        return sock
 
     def _text(self, commands: str) -> str | None:
         rc, _output, error = self._nft().cmd(commands)
@@ -194,10 +179,7 @@ class ClusterFilter:
                 problem = _multicast(block.interface, block.l2.cluster_mac, add=False)
                 if problem is not None:
                     log.warning("cluster filter: %s", problem)
-        sock = getattr(self._local, "netlink", None)
-        if sock is not None:
-            sock.close()
-            self._local.netlink = None
+        self._close_netlink()
 
 
 class ClusterStep:

@@ -129,28 +129,14 @@ def problem_text(text: str) -> str:
     return joined if len(joined) <= PROBLEM_MAX else joined[: PROBLEM_MAX - 3] + "..."
 
 
-class Gate:
-    """The gate's work, blocking. Lease work (take, release, refresh) runs on the event
-    loop; everything else in the step's worker. `loaded` is what the kernel holds of each
-    block's gate after the last change that succeeded; `open` the blocks taken and not
-    released."""
+class KernelHandles:
+    """A libnftables context and a netlink socket per thread: neither is safe to share
+    between the worker and the event loop."""
 
-    def __init__(self, lease: float) -> None:
-        ruleset.lease_ms(lease)
-        self.lease = lease
+    def __init__(self) -> None:
         self._local = threading.local()
-        self._prepared = False
-        self._configured: set[str] = set()
-        self.loaded: dict[str, Block] = {}
-        self.open: set[str] = set()
-        self.problems: dict[str, str] = {}
-        self.armed_at: dict[str, float] = {}
-        self.refreshes: dict = {"count": 0, "failed": 0, "last_s": 0.0, "max_s": 0.0, "last_problem": None}
-
-    # --- per-thread kernel handles -----------------------------------------------------------
 
     def _nft(self) -> nftables.Nftables:
-        """One context per thread: a context is not safe to share between threads."""
         context = getattr(self._local, "nft", None)
         if context is None:
             context = self._local.nft = nftables.Nftables()
@@ -161,6 +147,32 @@ class Gate:
         if sock is None:
             sock = self._local.netlink = LeaseSocket()
         return sock
+
+    def _close_netlink(self) -> None:
+        """Close this thread's netlink socket; its libnftables context goes with the thread."""
+        sock = getattr(self._local, "netlink", None)
+        if sock is not None:
+            sock.close()
+            self._local.netlink = None
+
+
+class Gate(KernelHandles):
+    """The gate's work, blocking. Lease work (take, release, refresh) runs on the event
+    loop; everything else in the step's worker. `loaded` is what the kernel holds of each
+    block's gate after the last change that succeeded; `open` the blocks taken and not
+    released."""
+
+    def __init__(self, lease: float) -> None:
+        super().__init__()
+        ruleset.lease_ms(lease)
+        self.lease = lease
+        self._prepared = False
+        self._configured: set[str] = set()
+        self.loaded: dict[str, Block] = {}
+        self.open: set[str] = set()
+        self.problems: dict[str, str] = {}
+        self.armed_at: dict[str, float] = {}
+        self.refreshes: dict = {"count": 0, "failed": 0, "last_s": 0.0, "max_s": 0.0, "last_problem": None}
 
     def _json(self, commands: list[dict]) -> str | None:
         """Apply commands in one transaction; None, or libnftables' error text."""
@@ -388,11 +400,7 @@ class Gate:
         return left
 
     def close(self) -> None:
-        """Close this thread's netlink socket; its libnftables context goes with the thread."""
-        sock = getattr(self._local, "netlink", None)
-        if sock is not None:
-            sock.close()
-            self._local.netlink = None
+        self._close_netlink()
 
     # --- lease work (the event loop) ---------------------------------------------------------
 
