@@ -15,6 +15,7 @@ import sys
 import time
 
 from agent.lab import BLOCK_V4, HB_PORT, Lab
+from waiting import wait_for
 
 SAMPLE_V4 = ["198.18.0.1", "198.18.128.7", "198.18.255.254"]
 # A small IPv6 block where the test does not need 4,096 addresses: adding those
@@ -29,15 +30,6 @@ def start_pair(lab: Lab, **options) -> None:
     lab.start_agent(2, lab.write_config(2, **options))
     lab.wait_master_seen(2, 1)
 
-
-def wait_until(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def dpagent(lab: Lab, node: int, *args: str, config=None) -> subprocess.CompletedProcess:
@@ -80,7 +72,7 @@ def test_a_second_instance_with_another_socket_is_refused_and_touches_nothing(la
 def test_sigkill_leaves_routes_that_cleanup_removes_but_never_while_an_agent_runs(lab):
     lab.start_agent(1, lab.write_config(1, block_v6=True))
     lab.wait_state(1, "MASTER")
-    wait_until(lambda: lab.status(1)["blocks"][1]["held"] and ours_in_kernel(lab, 1).count("2001:db8:1:") > 4000,
+    wait_for(lambda: lab.status(1)["blocks"][1]["held"] and ours_in_kernel(lab, 1).count("2001:db8:1:") > 4000,
                30, "the IPv6 block taken")
     refused = dpagent(lab, 1, "cleanup")
     assert refused.returncode == 1 and "another dpagent is running" in refused.stderr
@@ -105,7 +97,7 @@ def test_sigterm_during_a_long_take_releases_everything_and_exits_clean(lab):
     agent = lab.start_agent(1, lab.write_config(1, block_v6=True))
     lab.wait_state(1, "MASTER")
     # 4,096 IPv6 addresses take seconds: stop in the middle of it.
-    wait_until(lambda: "2001:db8:1:" in ours_in_kernel(lab, 1), 10, "the take started")
+    wait_for(lambda: "2001:db8:1:" in ours_in_kernel(lab, 1), 10, "the take started")
     os.killpg(agent.pid, signal.SIGTERM)
     # The take stops at its next sendmsg; the release of what it added follows.
     assert agent.wait(timeout=60) == 0
@@ -123,7 +115,7 @@ def test_a_duplicate_node_id_ends_in_fault_on_both(lab):
     for node in (1, 2):
         status = lab.wait_state(node, "FAULT", timeout=10)
         assert "duplicate node id 1" in status["node"]["last_transition"]["reason"]
-    wait_until(lambda: not lab.holds_block(1) and not lab.holds_block(2), 10, "both released")
+    wait_for(lambda: not lab.holds_block(1) and not lab.holds_block(2), 10, "both released")
 
 
 def test_failover_without_a_live_backup_is_refused_unless_forced(lab):
@@ -141,7 +133,7 @@ def test_a_dead_peer_is_shown_dead_not_as_the_master_it_last_was(lab):
     start_pair(lab)
     lab.kill_node(1)
     lab.wait_state(2, "MASTER", timeout=5)
-    peer = wait_until(lambda: [p for p in lab.status(2)["node"]["peers"] if not p["alive"]], 5, "fw1 dead")[0]
+    peer = wait_for(lambda: [p for p in lab.status(2)["node"]["peers"] if not p["alive"]], 5, "fw1 dead")[0]
     assert peer["node_id"] == 1 and peer["dead_for_s"] >= 0
     text = agentctl(lab, 2, "status").stdout
     assert "DEAD for" in text and "last said MASTER" in text
@@ -150,10 +142,10 @@ def test_a_dead_peer_is_shown_dead_not_as_the_master_it_last_was(lab):
 def test_a_route_removed_behind_the_agents_back_is_put_back_and_counted(lab):
     lab.start_agent(1, lab.write_config(1))
     lab.wait_state(1, "MASTER")
-    wait_until(lambda: lab.holds_block(1), 5, "taken")
+    wait_for(lambda: lab.holds_block(1), 5, "taken")
     lab.exec("fw1", ["ip", "route", "del", "local", BLOCK_V4, "dev", "lo", "table", "local", "proto", "199"])
     assert not lab.holds_block(1)
-    status = wait_until(lambda: (s := lab.status(1)) and s["repairs"].get("ext") and s, 30, "repaired")
+    status = wait_for(lambda: (s := lab.status(1)) and s["repairs"].get("ext") and s, 30, "repaired")
     assert status["repairs"] == {"ext": 1}
     assert lab.holds_block(1)
     assert "dpagent_block_repaired_total{block=\"ext\"} 1" in agentctl(lab, 1, "metrics").stdout
@@ -173,11 +165,11 @@ def test_after_a_split_brain_heals_the_winner_announces_again(lab):
     start_pair(lab, block_v6=SMALL_V6)
     fw1_mac, fw2_mac = lab.mac("fw1", "ext0"), lab.mac("fw2", "ext0")
     lab.resolve(SAMPLE_V4 + SAMPLE_V6)
-    wait_until(lambda: set(client_macs(lab, SAMPLE_V4 + SAMPLE_V6).values()) == {fw1_mac}, 20, "client on fw1")
+    wait_for(lambda: set(client_macs(lab, SAMPLE_V4 + SAMPLE_V6).values()) == {fw1_mac}, 20, "client on fw1")
     for node in (1, 2):
         heartbeat_filter(lab, node, f"udp dport {HB_PORT} drop")
     lab.wait_state(2, "MASTER", timeout=5)
-    wait_until(lambda: set(client_macs(lab, SAMPLE_V4 + SAMPLE_V6).values()) == {fw2_mac}, 40,
+    wait_for(lambda: set(client_macs(lab, SAMPLE_V4 + SAMPLE_V6).values()) == {fw2_mac}, 40,
                "the client followed fw2's announcement")
     time.sleep(1.5)  # past the neighbours' locktime, as a 3 s split would be
     for node in (1, 2):
@@ -196,7 +188,7 @@ def test_after_a_split_brain_heals_the_winner_announces_again(lab):
         mac = {1: fw1_mac, 2: fw2_mac}[masters[0]]
         return mac if set(client_macs(lab, SAMPLE_V4 + SAMPLE_V6).values()) == {mac} else None
 
-    winner = wait_until(settled_on_the_master, 40,
+    winner = wait_for(settled_on_the_master, 40,
                         f"the client on the one master: {client_macs(lab, SAMPLE_V4 + SAMPLE_V6)}")
     if winner == fw2_mac:
         # The only acceptable way for the loser of the heal to end up master.
@@ -214,7 +206,7 @@ def test_thirty_percent_heartbeat_loss_for_a_minute_moves_nothing(lab):
     heartbeat_filter(lab, 2, f'iifname "hb1" udp dport {HB_PORT} drop')
     lab.exec("fw2", ["nft", "add", "rule", "inet", "hbloss", "input", "iifname", "hb0", "udp", "dport",
                      str(HB_PORT), "numgen", "random", "mod", "100", "<", "30", "drop"])
-    wait_until(lambda: (s := lab.status(2)) and s["node"]["peers"] and s["node"]["peers"][0]["loss"] > 0.15,
+    wait_for(lambda: (s := lab.status(2)) and s["node"]["peers"] and s["node"]["peers"][0]["loss"] > 0.15,
                30, "fw2 measures the loss")
     lab.wait_state(1, "MASTER", timeout=10)
     lab.wait_master_seen(2, 1, timeout=10)

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from agent.netns import Namespaces, enter, ip
+from waiting import wait_for
 
 
 def netns_exists(name: str) -> bool:
@@ -30,14 +31,6 @@ def wait_gone(pids: list[int], timeout: float = 5.0) -> list[int]:
         time.sleep(0.02)
     return left
 
-
-def wait_for(check, timeout: float = 10.0):
-    """The first true value of check(), polled until the deadline."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-    return value
 
 
 def children_of(pid: int) -> list[int]:

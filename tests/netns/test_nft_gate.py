@@ -28,6 +28,7 @@ from agent.config import Block
 from agent.core import frames
 from agent.dataplane.nft import NftStep
 from agent.netns import enter
+from waiting import wait_for
 
 ETH_P_ARP = 0x0806
 ETH_P_IPV6 = 0x86DD
@@ -43,12 +44,6 @@ V4_TARGETS = ("198.18.0.5", "203.0.113.7")
 V6_TARGETS = ("2001:db8:1::5", "2001:db8:2::7")
 DEADLINE = 20.0
 
-
-def wait_until(condition, what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what}"
-        time.sleep(0.05)
 
 
 @dataclass
@@ -211,7 +206,7 @@ def assert_serves(pair: Pair, wanted: bool) -> None:
     """Positive probes are retried until a generous deadline; a negative probe waits its
     own timeout (1 s) for an answer that must not come."""
     if wanted:
-        wait_until(lambda: all(pair.serves().values()), f"the node serves the block: {pair.serves()}")
+        wait_for(lambda: all(pair.serves().values()), DEADLINE, f"the node serves the block: {pair.serves()}")
     else:
         seen = pair.serves()
         assert not any(seen.values()), seen
@@ -254,8 +249,8 @@ def test_without_refresh_the_lease_runs_out_and_the_node_stops_serving_by_itself
 
     # The agent "hangs": nothing calls the step any more.
     stopped = time.monotonic()
-    wait_until(lambda: not pair.arp_reply(V4_TARGETS[0]) and not pair.ping(V4_TARGETS[0]),
-               "ARP and ping stop after the lease", timeout=lease + DEADLINE)
+    wait_for(lambda: not pair.arp_reply(V4_TARGETS[0]) and not pair.ping(V4_TARGETS[0]),
+             lease + DEADLINE, "ARP and ping stop after the lease")
     assert time.monotonic() - stopped >= lease / 2
     assert loop.run(step.leases())["ext"] is None
     assert_serves(pair, False)
@@ -361,7 +356,7 @@ def test_an_address_moved_to_another_block_is_served_by_its_new_block(pair, make
     step = make_step()
     loop.run(step.prepare([old, rest]))
     assert loop.run(step.take(old)).ok and loop.run(step.take(rest)).ok
-    wait_until(lambda: pair.arp_reply(str(loose)), "the old block serves the address")
+    wait_for(lambda: pair.arp_reply(str(loose)), DEADLINE, "the old block serves the address")
     # A reload moves the address: the old block keeps its gate while it is held.
     loop.run(step.prepare([rest, new]))
     assert loop.run(step.leases())["old"] is not None
@@ -369,4 +364,4 @@ def test_an_address_moved_to_another_block_is_served_by_its_new_block(pair, make
     assert result.ok and result.detail.get("removed") == "old", result
     assert ".old" not in pair.nft("list", "ruleset")
     assert loop.run(step.take(new)).ok
-    wait_until(lambda: pair.arp_reply(str(loose)) and pair.ping(str(loose)), "the new block serves the address")
+    wait_for(lambda: pair.arp_reply(str(loose)) and pair.ping(str(loose)), DEADLINE, "the new block serves the address")

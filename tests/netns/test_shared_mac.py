@@ -14,11 +14,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from agent.lab import CLUSTER_MAC, VRID, Lab
+from waiting import wait_for
 
 V4 = ["198.18.0.1", "198.18.77.7", "198.18.255.254"]
 # A /120 keeps the IPv6 takeover short (each address is configured on its own).
@@ -115,13 +115,6 @@ def start_pair(lab: Lab, l2: str) -> None:
     counters.write_text(COUNTERS)
     lab.exec("client", ["nft", "-f", str(counters)])
 
-
-def wait_for(what, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while not (value := what()):
-        assert time.monotonic() < deadline, f"not within {timeout} s"
-        time.sleep(0.05)
-    return value
 
 
 def connect(lab: Lab, address: str, timeout: float = 2.0) -> str | None:

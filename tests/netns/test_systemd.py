@@ -24,6 +24,7 @@ import pytest
 
 from agent.dataplane.addresses import DPAGENT_PROTO
 from agent.lab import BLOCK_V4, KEY_HEX, Lab
+from waiting import wait_for
 
 WATCHDOG_USEC = 200_000  # systemd's WatchdogSec=200ms: the agent pings every 100 ms
 NEW_KEY_HEX = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
@@ -111,17 +112,9 @@ def local_routes(lab: Lab, node: int) -> set[str]:
     return {route["dst"] for route in json.loads(out or "[]")}
 
 
-def wait_until(predicate, timeout: float = 5.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.02)
-    raise TimeoutError(f"{what} not met within {timeout} s")
-
 
 def reloads_ok(lab: Lab, node: int, count: int) -> dict:
-    return wait_until(lambda: (s := lab.status(node)) and s["reloads"]["ok"] >= count and s,
+    return wait_for(lambda: (s := lab.status(node)) and s["reloads"]["ok"] >= count and s,
                       what=f"fw{node} reloaded {count} time(s)")
 
 
@@ -193,21 +186,21 @@ def test_key_rotation_on_reload_keeps_the_pair_together(lab):
 def test_block_added_and_removed_on_reload_while_master(lab):
     lab.start_agent(1)
     lab.wait_state(1, "MASTER")
-    wait_until(lambda: local_routes(lab, 1) == {BLOCK_V4}, what="block ext in the kernel")
+    wait_for(lambda: local_routes(lab, 1) == {BLOCK_V4}, what="block ext in the kernel")
     config = lab.dir / "fw1.toml"
     original = config.read_text()
 
     config.write_text(original + EXTRA_BLOCK)
     done = agentctl(lab, 1, "reload")
     assert done.returncode == 0, done.stderr
-    status = wait_until(lambda: (s := lab.status(1)) and block_held(s, "extra") and s, what="extra held")
+    status = wait_for(lambda: (s := lab.status(1)) and block_held(s, "extra") and s, what="extra held")
     assert block_held(status, "ext")
     assert local_routes(lab, 1) == {BLOCK_V4, "203.0.113.77"}
 
     config.write_text(original)
     done = agentctl(lab, 1, "reload")
     assert done.returncode == 0, done.stderr
-    wait_until(lambda: local_routes(lab, 1) == {BLOCK_V4}, what="extra released")
+    wait_for(lambda: local_routes(lab, 1) == {BLOCK_V4}, what="extra released")
     status = lab.status(1)
     assert [b["name"] for b in status["blocks"]] == ["ext"] and block_held(status, "ext")
     assert status["node"]["state"]["name"] == "MASTER"
@@ -222,7 +215,7 @@ def test_block_added_and_removed_on_reload_while_master(lab):
 def test_invalid_or_restart_only_changes_are_refused_and_nothing_changes(lab):
     proc = lab.start_agent(1)
     lab.wait_state(1, "MASTER")
-    wait_until(lambda: local_routes(lab, 1) == {BLOCK_V4}, what="block ext in the kernel")
+    wait_for(lambda: local_routes(lab, 1) == {BLOCK_V4}, what="block ext in the kernel")
     config = lab.dir / "fw1.toml"
     original = config.read_text()
 
@@ -276,9 +269,9 @@ def test_the_units_capabilities_suffice_for_a_non_root_agent(lab):
 
     status = lab.wait_state(1, "MASTER")
     assert os.stat(lab.socket_path(1)).st_uid == NOBODY
-    wait_until(lambda: local_routes(lab, 1) == {BLOCK_V4}, what="block taken by the non-root agent")
+    wait_for(lambda: local_routes(lab, 1) == {BLOCK_V4}, what="block taken by the non-root agent")
     # Announcing uses the AF_PACKET socket: CAP_NET_RAW.
-    status = wait_until(lambda: (s := lab.status(1)) and s["announce"]["frames_sent"] > 0 and s,
+    status = wait_for(lambda: (s := lab.status(1)) and s["announce"]["frames_sent"] > 0 and s,
                         what="announcement sent")
     assert status["announce"]["send_errors"] == 0 and status["announce"]["last_error"] is None
     assert all(link["up"] and link["send_errors"] == 0 for link in status["links"])
@@ -330,10 +323,10 @@ def test_a_real_run_stays_inside_the_units_system_call_filter_and_wx_policy(lab)
     original = config.read_text()
     config.write_text(original + EXTRA_BLOCK)
     assert agentctl(lab, 1, "reload").returncode == 0
-    wait_until(lambda: "203.0.113.77" in local_routes(lab, 1), what="extra taken")
+    wait_for(lambda: "203.0.113.77" in local_routes(lab, 1), what="extra taken")
     config.write_text(original)
     os.kill(agent, signal.SIGHUP)
-    wait_until(lambda: local_routes(lab, 1) == {BLOCK_V4}, what="extra released")
+    wait_for(lambda: local_routes(lab, 1) == {BLOCK_V4}, what="extra released")
     lab.start_agent(2)
     lab.wait_master_seen(2, 1)
     os.kill(agent, signal.SIGTERM)
