@@ -25,6 +25,16 @@ say which end started a flow: for a stateful firewall in active/active, hash
 the outside peer's address (the source on the way in, the destination on the
 way out), so that both directions of a flow land on one node.
 
+Ports count only for TCP and UDP packets that are no fragments (flow_fields());
+any other packet is hashed on its source address alone. Elsewhere the port bytes
+are something else (ICMP's checksum would scatter one ping over buckets), and a
+non-first fragment has no ports at all (where they would be, Linux 6.18's nft
+`th sport` reads the fragment's data, or for IPv6 the start of the IP header):
+hashing the first fragment on its source too keeps every fragment of a datagram
+in one bucket. A fragment is IPv4 with MF or a non-zero offset (DF does not
+count), or IPv6 with a Fragment header, the first fragment included: nft's
+`ip frag-off & 0x3fff != 0` and `exthdr frag exists`.
+
 jhash reads whole 12-byte blocks (all but the last) in CPU byte order, and the
 last block byte by byte as little-endian, so results for keys over 12 bytes
 (IPv6) depend on the host's endianness, exactly as the kernel's do.
@@ -49,6 +59,25 @@ class HashFields(Enum):
     SOURCE = "sourceip"
     SOURCE_PORT = "sourceip-sourceport"
     SOURCE_PORTS = "sourceip-sourceport-destport"
+
+
+# The protocols whose packets are hashed with their ports, when the fields include them.
+PORT_PROTOCOLS = frozenset({6, 17})  # TCP, UDP
+
+
+def flow_fields(fields: HashFields, protocol: int, fragment: bool) -> HashFields:
+    """The fields a packet is actually hashed on: `fields` for a TCP or UDP packet
+    that is no fragment, the source address alone for any other. `protocol` is the
+    IP protocol (IPv6: the upper-layer header's, after any extension headers)."""
+    if not isinstance(fields, HashFields):
+        raise ValueError(f"fields must be a HashFields, not {fields!r}")
+    if not isinstance(protocol, int) or isinstance(protocol, bool) or not 0 <= protocol <= 0xFF:
+        raise ValueError(f"protocol must be an IP protocol number 0..255, not {protocol!r}")
+    if not isinstance(fragment, bool):
+        raise ValueError(f"fragment must be True or False, not {fragment!r}")
+    if protocol in PORT_PROTOCOLS and not fragment:
+        return fields
+    return HashFields.SOURCE
 
 
 def _rol(x: int, k: int) -> int:

@@ -19,9 +19,14 @@ active/passive.
 
 The hash covers the outside peer's side of a packet arriving for a block
 address, its source (address, then ports): replies leave by routing, through
-no filter of ours. The map's key is typed from `numgen` because nftables 1.0.6
-has no JSON for `typeof`: the table is loaded as nft text, in-process through
-libnftables like the rest.
+no filter of ours. Ports count only for TCP and UDP that are no fragments
+(buckets.flow_fields()), so a block hashed with ports has three rules a family,
+one per kind of packet: a bucket the map lacks goes on to the next rule, and
+must not meet a second hash of the packet there that the map has.
+
+The map's key is typed from `numgen` because nftables 1.0.6 has no JSON for
+`typeof`: the table is loaded as nft text, in-process through libnftables like
+the rest.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import struct
 from collections.abc import Sequence
 
 from agent.core import ruleset
-from agent.core.buckets import HashFields
+from agent.core.buckets import PORT_PROTOCOLS, HashFields
 
 TABLE = ruleset.TABLE
 # Before anything of the operator's at ingress.
@@ -45,6 +50,15 @@ _FIELDS = {
     HashFields.SOURCE: "{ip} saddr",
     HashFields.SOURCE_PORT: "{ip} saddr . th sport",
     HashFields.SOURCE_PORTS: "{ip} saddr . th sport . th dport",
+}
+
+# flow_fields()'s protocols by their nft names: a KeyError at import if one is added unnamed.
+_NFT_PROTOCOLS = {6: "tcp", 17: "udp"}
+_PORT_PROTOCOLS = "{ " + ", ".join(_NFT_PROTOCOLS[p] for p in sorted(PORT_PROTOCOLS)) + " }"
+# What makes a packet a fragment for flow_fields(), per family: (no fragment, fragment).
+_FRAGMENT = {
+    "ip": ("ip frag-off & 0x3fff == 0", "ip frag-off & 0x3fff != 0"),
+    "ip6": ("exthdr frag missing", "exthdr frag exists"),
 }
 
 
@@ -69,8 +83,21 @@ def add_block(block: str, interface: str, mac: str, fields: HashFields, buckets:
         raise ValueError(f"{mac!r} is not a MAC address")
     if not 1 <= buckets <= 0xFFFFFFFF or not 0 <= seed <= 0xFFFFFFFF:
         raise ValueError(f"buckets {buckets} and seed {seed} must be 32-bit values, buckets at least 1")
-    rules = [f"ether daddr {mac} meta protocol {ip} {hash_expression(fields, ip, buckets, seed)} vmap @{buckets_map}"
-             for ip in ("ip", "ip6")]
+    if not isinstance(fields, HashFields):
+        raise ValueError(f"fields must be a HashFields, not {fields!r}")
+    rules = []
+    for ip in ("ip", "ip6"):
+        match = f"ether daddr {mac} meta protocol {ip}"
+        by_source = hash_expression(HashFields.SOURCE, ip, buckets, seed)
+        if fields is HashFields.SOURCE:
+            rules.append(f"{match} {by_source} vmap @{buckets_map}")
+            continue
+        whole, fragment = _FRAGMENT[ip]
+        # Disjoint but for a fragment of another protocol, which both of the last two hash alike.
+        rules += [f"{match} {whole} meta l4proto {_PORT_PROTOCOLS} {hash_expression(fields, ip, buckets, seed)} "
+                  f"vmap @{buckets_map}",
+                  f"{match} {fragment} {by_source} vmap @{buckets_map}",
+                  f"{match} meta l4proto != {_PORT_PROTOCOLS} {by_source} vmap @{buckets_map}"]
     rules += [f"ether daddr {mac} meta protocol arp accept", f"ether daddr {mac} drop"]
     return "\n".join([
         remove_block(block),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.core.buckets import HashFields, bucket, hash_key, jhash
+from agent.core.buckets import PORT_PROTOCOLS, HashFields, bucket, flow_fields, hash_key, jhash
 
 FULL = 0xFFFFFFFF
 little_endian_only = pytest.mark.skipif(
@@ -211,3 +211,40 @@ def test_10000_sources_spread_over_256_buckets(fields: HashFields, v6: bool) -> 
 def test_bad_arguments_are_refused(args: tuple, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         bucket(*args)
+
+
+@pytest.mark.parametrize("fields", list(HashFields))
+@pytest.mark.parametrize("fragment", [False, True])
+def test_ports_count_only_for_tcp_and_udp_that_are_no_fragments(fields: HashFields, fragment: bool) -> None:
+    assert PORT_PROTOCOLS == {6, 17}
+    for protocol in range(256):
+        expected = fields if protocol in (6, 17) and not fragment else HashFields.SOURCE
+        assert flow_fields(fields, protocol, fragment) is expected, protocol
+
+
+def test_every_fragment_of_a_datagram_lands_in_the_bucket_of_its_source() -> None:
+    """The first fragment has ports, the rest none: both go by the source alone."""
+    src = IPv6Address("2001:db8::77")
+    whole = bucket(HashFields.SOURCE, src, None, None, 1000, 0x5EED)
+    first = bucket(flow_fields(HashFields.SOURCE_PORTS, 17, True), src, 5353, 53, 1000, 0x5EED)
+    rest = bucket(flow_fields(HashFields.SOURCE_PORTS, 17, True), src, None, None, 1000, 0x5EED)
+    assert first == rest == whole
+    # One ping session is one bucket, whatever its checksums (where `th dport` would read).
+    pings = {bucket(flow_fields(HashFields.SOURCE_PORTS, 1, False), src, 0x0800, checksum, 1000, 0x5EED)
+             for checksum in range(0, 65536, 257)}
+    assert pings == {whole}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((HashFields.SOURCE_PORTS, -1, False), "protocol"),
+    ((HashFields.SOURCE_PORTS, 256, False), "protocol"),
+    ((HashFields.SOURCE_PORTS, None, False), "protocol"),
+    ((HashFields.SOURCE_PORTS, "6", False), "protocol"),
+    ((HashFields.SOURCE_PORTS, True, False), "protocol"),
+    ((HashFields.SOURCE_PORTS, 6, 0), "fragment"),
+    ((HashFields.SOURCE_PORTS, 6, None), "fragment"),
+    (("sourceip", 6, False), "fields"),
+])
+def test_bad_flow_fields_arguments_are_refused(args: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        flow_fields(*args)
