@@ -63,12 +63,17 @@ def render_status(status: dict) -> str:
             + (f"  ({link['last_error']})" if link.get("last_error") else "")
         )
     lines.append("blocks:")
+    xdp = status.get("xdp", {}).get("blocks", {})
     for block in status.get("blocks", []):
+        l2 = block.get("l2") or {}
+        backend = l2.get("backend")
+        if backend == "xdp":
+            backend = f"xdp {xdp.get(block['name'], {}).get('attach_mode') or 'NOT ATTACHED'}"
         lines.append(
             f"  {block['name']:<12} {block['interface']:<10} {block['addresses']} addresses"
             f"  {'HELD' if block['held'] else 'not held'}"
-            + (f"  l2 {block['l2']['mode']}" + (f" {block['l2']['mac']}" if block["l2"].get("mac") else "")
-               if block.get("l2") else "")
+            + (f"  l2 {l2['mode']}" + (f" {l2['mac']}" if l2.get("mac") else "") if l2 else "")
+            + (f"  filter {backend}" if backend else "")
         )
     announce = status.get("announce", {})
     if announce:

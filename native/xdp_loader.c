@@ -142,6 +142,18 @@ int dp_map_fd(struct dp_object *self, const char *name)
 	return bpf_map__fd(map);
 }
 
+int dp_prog_id(int prog_fd, uint32_t *id)
+{
+	struct bpf_prog_info info = {};
+	__u32 len = sizeof(info);
+
+	begin();
+	if (bpf_obj_get_info_by_fd(prog_fd, &info, &len))
+		return fail(errno, "the program's info");
+	*id = info.id;
+	return 0;
+}
+
 static __u32 mode_flags(int mode)
 {
 	return mode == DP_ATTACH_NATIVE ? XDP_FLAGS_DRV_MODE : XDP_FLAGS_SKB_MODE;

@@ -28,6 +28,8 @@ struct dp_object *dp_open(const char *path);
 void dp_close(struct dp_object *obj);
 int dp_prog_fd(struct dp_object *obj, const char *name);
 int dp_map_fd(struct dp_object *obj, const char *name);
+/* The kernel's id of a loaded program, as dp_query() reports what is attached. */
+int dp_prog_id(int prog_fd, uint32_t *id);
 
 /* Attach `prog_fd` to the interface in `mode`. With `replace_id`, only in place of the
  * program of that id (atomically); without, only if the interface has none. */

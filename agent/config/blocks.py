@@ -18,7 +18,7 @@ from agent.config.messages import ConfigError, reason
 from agent.config.model import AnnounceConfig, Block, L2Config
 from agent.config.parse import Table, parse_address, parse_prefix
 from agent.config.schema import (
-    MAX_LOOSE_ADDRESSES, MAX_V6_ADDRESSES, MAX_V6_BLOCK_ADDRESSES, TABLES_BY_PATH, VMAC_PREFIX,
+    MAX_LOOSE_ADDRESSES, MAX_V6_ADDRESSES, MAX_V6_BLOCK_ADDRESSES, MAX_XDP_BLOCKS, TABLES_BY_PATH, VMAC_PREFIX,
 )
 from agent.core.packing import IPAddress, IPNetwork
 
@@ -96,6 +96,8 @@ def _l2(block: Table) -> L2Config | None:
     values = {name: t.value(name) for name in t.keys}
     if values["mode"] == "vmac" and values["vrid"] is None and "vrid" not in t.table:
         t.error("vrid", None, "is required with mode vmac")
+    if values["backend"] == "xdp" and values["mode"] != "cluster-mac":
+        t.error("backend", values["backend"], "is a cluster-mac filter: it needs mode cluster-mac")
     if values["cluster_mac"] is not None:
         mac = _mac(values["cluster_mac"])  # type: ignore[arg-type]
         if mac is None:
@@ -119,10 +121,15 @@ def _check_l2(drafts: list[_Draft], errors: list[ConfigError]) -> None:
     """A vmac block speaks one IP version (its MAC says which); vmacs and cluster MACs are
     not shared between blocks of one node, or two blocks would move as one."""
     seen: dict[tuple, str] = {}
+    xdp_blocks = 0
     for draft in drafts:
         l2 = draft.l2 or L2Config()
         if l2.mode == "garp":
             continue
+        xdp_blocks += l2.backend == "xdp"
+        if xdp_blocks > MAX_XDP_BLOCKS and l2.backend == "xdp":
+            errors.append(ConfigError(f"{draft.where}.l2.backend", l2.backend,
+                                      f"one XDP filter serves at most {MAX_XDP_BLOCKS} blocks"))
         versions = {a.version for a in draft.loose} | {n.version for n in draft.prefixes}
         if l2.mode == "vmac":
             if len(versions) > 1:

@@ -52,7 +52,7 @@ SECTIONS = (
                       "address_files": ["/etc/dpagent/eth1.addr.external"]}),
     Section("block.announce", {"pps": 0, "rounds": 2, "round_delay": 2.0, "refresh": 0, "arp_mode": "request"}),
     Section("block.l2", {"mode": "cluster-mac", "cluster_mac": "01:00:5e:00:01:01", "buckets": 256,
-                         "hash": "sourceip", "hash_seed": 0x5EED}),
+                         "hash": "sourceip", "hash_seed": 0x5EED, "backend": "xdp"}),
     Section("block", {"name": "internal-gw", "interface": "eth2", "addresses": ["192.0.2.254"]},
             caption="A second block: the internal gateway address that ucarp used to carry. "
                     "[block.announce] is left out, so every announce setting takes its default.",

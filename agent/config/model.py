@@ -73,6 +73,7 @@ class L2Config:
     buckets: int = default("block.l2", "buckets")
     hash: str = default("block.l2", "hash")
     hash_seed: int = default("block.l2", "hash_seed")
+    backend: str = default("block.l2", "backend")
     # vmac: the MAC, from vrid and the block's IP version, and the macvlan it lives on
     # (set when the block is built).
     vmac: str | None = None

@@ -193,6 +193,8 @@ VMAC_PREFIX = {4: "00:00:5e:00:01", 6: "00:00:5e:00:02"}
 # CLUSTERIP had one bucket per node (at most 16). A flip of every bucket is one netlink
 # message, which must fit the socket's send buffer (~208 KiB): 1,024 buckets are ~70 KiB.
 MAX_BUCKETS = 1 << 10
+# Blocks one XDP filter serves (DP_MAX_BLOCKS in native/xdp_filter.h).
+MAX_XDP_BLOCKS = 64
 
 _L2 = (
     Key("mode", STRING, ("garp", "vmac", "cluster-mac"), "garp",
@@ -221,6 +223,13 @@ _L2 = (
         "the outside peer's side of a packet arriving for a block address: its source."),
     Key("hash_seed", INTEGER, (0, 0xFFFFFFFF), 0x5EED,
         "With mode cluster-mac: the jhash seed; the same on every node."),
+    Key("backend", STRING, ("nft", "xdp"), "nft",
+        'With mode cluster-mac: where the flow hash runs. "nft": a netdev ingress filter, '
+        'after the kernel has built a socket buffer for every frame. "xdp": an XDP program '
+        "at the driver (native mode where the driver has it, else generic), which drops "
+        "the frames of buckets this node does not own before that; at most "
+        f"{MAX_XDP_BLOCKS} such blocks. The same hash either way, so nodes may differ; "
+        "ARP and NDP stay in nftables."),
 )
 
 _ANNOUNCE = (

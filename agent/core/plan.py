@@ -6,8 +6,9 @@ replayed before the filter gate opens, the gate open before the addresses are
 local); the others run behind it, once every block is serving, so that a small
 block never waits for a big block's announcement. A new kernel facility is one
 more line in TAKEOVER. A release runs the same steps in the opposite order.
-A step serves the L2 modes it names: a cluster-mac block announces nothing,
-a garp block has no virtual MAC to bring up.
+A step serves the L2 modes and cluster-filter backends it names: a cluster-mac
+block announces nothing, a garp block has no virtual MAC to bring up, and a
+cluster-mac block's buckets are owned in nftables or in XDP, not both.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 
 L2_MODES = frozenset({"garp", "vmac", "cluster-mac"})
+BACKENDS = frozenset({"nft", "xdp"})
 
 
 @dataclass(frozen=True)
@@ -26,30 +28,36 @@ class Step:
     # Run again, alone, when the core asks for a held block to be announced again.
     announces: bool = False
     modes: frozenset[str] = L2_MODES
+    backends: frozenset[str] = BACKENDS
 
 
 TAKEOVER: tuple[Step, ...] = (
     Step("gate", before_traffic=True),                      # nftables: the block's lease, opened
     Step("vmac", before_traffic=True, modes=frozenset({"vmac"})),            # the virtual MAC's macvlan up
-    Step("buckets", before_traffic=True, modes=frozenset({"cluster-mac"})),  # cluster MAC: flow buckets owned
+    Step("buckets", before_traffic=True, modes=frozenset({"cluster-mac"}),   # cluster MAC: flow buckets owned,
+         backends=frozenset({"nft"})),                                         # in the netdev filter
+    Step("xdp", before_traffic=True, modes=frozenset({"cluster-mac"}),       # or in the XDP filter
+         backends=frozenset({"xdp"})),
     Step("addresses", before_traffic=True),                 # AnyIP routes, IPv6 interface addresses
     Step("announce", before_traffic=False, announces=True,  # GARP / unsolicited NA rounds; from the vmac
          modes=frozenset({"garp", "vmac"})),
 )
 
 
-def takeover(facilities: Collection[str], mode: str = "garp") -> tuple[Step, ...]:
-    """The takeover steps of a block in L2 mode `mode` served by these facilities, in order."""
-    return tuple(step for step in TAKEOVER if step.facility in facilities and mode in step.modes)
+def takeover(facilities: Collection[str], mode: str = "garp", backend: str = "nft") -> tuple[Step, ...]:
+    """The takeover steps of a block in L2 mode `mode`, its cluster filter in `backend`,
+    served by these facilities, in order."""
+    return tuple(step for step in TAKEOVER
+                 if step.facility in facilities and mode in step.modes and backend in step.backends)
 
 
-def release(facilities: Collection[str], mode: str = "garp") -> tuple[Step, ...]:
+def release(facilities: Collection[str], mode: str = "garp", backend: str = "nft") -> tuple[Step, ...]:
     """The release steps: announcing stops first, the gate closes last."""
-    return tuple(reversed(takeover(facilities, mode)))
+    return tuple(reversed(takeover(facilities, mode, backend)))
 
 
-def reannounce(facilities: Collection[str], mode: str = "garp") -> tuple[Step, ...]:
-    return tuple(step for step in takeover(facilities, mode) if step.announces)
+def reannounce(facilities: Collection[str], mode: str = "garp", backend: str = "nft") -> tuple[Step, ...]:
+    return tuple(step for step in takeover(facilities, mode, backend) if step.announces)
 
 
 def phases(steps: tuple[Step, ...]) -> tuple[tuple[Step, ...], tuple[Step, ...]]:

@@ -13,10 +13,7 @@ leases: ~0.3 ms for 256 buckets, and no thread hop in a takeover.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-import socket
-import struct
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -24,34 +21,11 @@ from concurrent.futures import Executor
 from agent.config import Block
 from agent.core import clusterset
 from agent.core.buckets import HashFields
+from agent.dataplane import maddr
 from agent.dataplane.nft import KernelHandles, problem_text
 from agent.dataplane.step import StepResult
 
 log = logging.getLogger("dpagent.buckets")
-
-SIOCADDMULTI, SIOCDELMULTI = 0x8931, 0x8932
-IFREQ_SIZE = 40
-
-
-def _multicast(interface: str, mac: str, add: bool) -> str | None:
-    """Add the MAC to (or remove it from) the interface's multicast filter; None, or why not.
-    The kernel keeps one such entry per address, so adding twice is harmless."""
-    request = interface.encode().ljust(16, b"\0") + struct.pack("=H", socket.AF_UNSPEC) + bytes.fromhex(
-        mac.replace(":", ""))
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            fcntl.ioctl(sock, SIOCADDMULTI if add else SIOCDELMULTI, request.ljust(IFREQ_SIZE, b"\0"))
-        except OSError as exc:
-            return f"{'adding' if add else 'removing'} multicast MAC {mac} on {interface}: {exc.strerror}"
-    return None
-
-
-def in_multicast_filter(interface: str, mac: str) -> bool:
-    """Whether /proc/net/dev_mcast lists the MAC on the interface."""
-    wanted = mac.replace(":", "").lower()
-    with open("/proc/net/dev_mcast") as listing:
-        return any(f.split()[1:2] == [interface] and f.split()[4:5] == [wanted] for f in listing)
-
 
 def _all_buckets(block: Block) -> list[int]:
     return list(range(block.l2.buckets))
@@ -75,17 +49,15 @@ class ClusterFilter(KernelHandles):
         l2 = block.l2
         problem = self._text(clusterset.add_block(block.name, block.interface, l2.cluster_mac, HashFields(l2.hash),
                                                   l2.buckets, l2.hash_seed))
-        problem = problem or _multicast(block.interface, l2.cluster_mac, add=True)
+        problem = problem or maddr.change(block.interface, l2.cluster_mac, add=True)
         if problem is None:
             self.loaded[block.name] = block
             self.problems.pop(block.name, None)
         return problem
 
-    def _unload(self, block: Block) -> str | None:
+    def _unload(self, block: Block, configured: Sequence[Block]) -> str | None:
         problem = self._text(clusterset.remove_block(block.name))
-        if not any(b.interface == block.interface and b.l2.cluster_mac == block.l2.cluster_mac
-                   for name, b in self.loaded.items() if name != block.name):
-            problem = _multicast(block.interface, block.l2.cluster_mac, add=False) or problem
+        problem = maddr.release(block, configured) or problem
         if problem is None:
             del self.loaded[block.name]
         return problem
@@ -99,10 +71,10 @@ class ClusterFilter(KernelHandles):
             if problem is not None:
                 log.error("cluster filter: removing an earlier run's table netdev %s: %s", clusterset.TABLE, problem)
             self._prepared = True
-        wanted = {b.name: b for b in blocks if b.l2.mode == "cluster-mac"}
+        wanted = {b.name: b for b in blocks if b.l2.mode == "cluster-mac" and b.l2.backend == "nft"}
         for name, block in list(self.loaded.items()):
             if wanted.get(name) != block and name not in self.owned:
-                problem = self._unload(block)
+                problem = self._unload(block, blocks)
                 if problem is not None:
                     self.problems[name] = problem
         for name, block in wanted.items():
@@ -153,8 +125,8 @@ class ClusterFilter(KernelHandles):
             result.problem = self._load(block)
             result.applied += result.problem is None
             result.detail["reloaded"] = block.name
-        elif not in_multicast_filter(block.interface, block.l2.cluster_mac):
-            result.problem = _multicast(block.interface, block.l2.cluster_mac, add=True)
+        elif not maddr.listed(block.interface, block.l2.cluster_mac):
+            result.problem = maddr.change(block.interface, block.l2.cluster_mac, add=True)
             result.applied += result.problem is None
         if result.problem is None and owned != _all_buckets(block):
             owning = self.own(block, _all_buckets(block))
@@ -176,7 +148,7 @@ class ClusterFilter(KernelHandles):
         close this thread's netlink socket."""
         if unload:
             for block in list(self.loaded.values()):
-                problem = _multicast(block.interface, block.l2.cluster_mac, add=False)
+                problem = maddr.change(block.interface, block.l2.cluster_mac, add=False)
                 if problem is not None:
                     log.warning("cluster filter: %s", problem)
         self._close_netlink()

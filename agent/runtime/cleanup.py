@@ -15,6 +15,7 @@ from agent.dataplane.cluster import ClusterStep
 from agent.dataplane.nft import NftStep
 from agent.dataplane.step import DataplaneStep, StepResult
 from agent.dataplane.vmac import VmacStep
+from agent.dataplane.xdp import XdpStep
 from agent.runtime.scheduling import normal_priority
 
 
@@ -23,15 +24,16 @@ def worker(name: str) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=normal_priority)
 
 
-WORKERS = ("netlink", "announce", "nft")
+WORKERS = ("netlink", "announce", "nft", "xdp")
 
 
 def build_steps(loop: asyncio.AbstractEventLoop, workers: dict[str, Executor], lease: float) -> tuple[DataplaneStep, ...]:
     """Every facility; core.plan decides their takeover order, this list the order they
-    prepare in (a vmac exists before its sender opens). `lease`: how long the gate stays
-    open without a refresh (one dead interval)."""
-    return (NftStep(workers["nft"], lease), ClusterStep(workers["nft"]), VmacStep(workers["netlink"]),
-            AddressStep(workers["netlink"]), AnnounceStep(loop, workers["announce"]))
+    prepare in (a vmac exists before its sender opens; the nft cluster filter lets go of a
+    block's multicast MAC before the XDP one takes it). `lease`: how long the gate and the
+    XDP filter serve without a refresh (one dead interval)."""
+    return (NftStep(workers["nft"], lease), ClusterStep(workers["nft"]), XdpStep(workers["xdp"], lease),
+            VmacStep(workers["netlink"]), AddressStep(workers["netlink"]), AnnounceStep(loop, workers["announce"]))
 
 
 async def remove_leftovers(steps: tuple[DataplaneStep, ...]) -> dict:

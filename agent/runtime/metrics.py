@@ -73,6 +73,14 @@ def render(status: dict) -> str:
                [({"block": b["name"]}, b["addresses"]) for b in status["blocks"]])
     out.metric("dpagent_block_held", "gauge", "1 if this node holds the block.",
                [({"block": b["name"]}, int(b["held"])) for b in status["blocks"]])
+    xdp = status.get("xdp", {})
+    out.metric("dpagent_xdp_packets_total", "counter",
+               "Frames the XDP cluster filter saw, by block and by what it did with them.",
+               [({"block": name, "result": result}, n) for name, b in sorted(xdp.get("blocks", {}).items())
+                for result, n in b.get("packets", {}).items()]
+               + [({"block": "", "result": result}, n) for result, n in xdp.get("no_block_packets", {}).items()])
+    out.metric("dpagent_xdp_attached", "gauge", "1 per interface the XDP cluster filter is attached to, by mode.",
+               [({"interface": i, "mode": m}, 1) for i, m in sorted(xdp.get("attached", {}).items())])
     announce = status["announce"]
     out.metric("dpagent_announce_frames_total", "counter", "GARP/NA frames sent.", [({}, announce["frames_sent"])])
     out.metric("dpagent_announce_send_errors_total", "counter", "GARP/NA send errors, by errno.",

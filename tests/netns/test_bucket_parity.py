@@ -1,4 +1,4 @@
-"""agent.core.buckets against the kernel's own nft `jhash`, flow by flow.
+"""agent.core.buckets against the kernel's own nft `jhash` and the XDP filter, flow by flow.
 
 The receiver's netdev ingress chain sets the mark to `jhash <fields> mod B seed S
 offset O` for every TCP packet that arrives and adds (source, ports, mark) to a
@@ -6,7 +6,9 @@ dynamic set, once per case below; the test sends 10,000 random flows per
 address family as raw frames from the other end of a veth, reads the sets back
 and requires every mark to equal buckets.bucket() for its flow. Frames at
 ingress need no addresses, routes or rp_filter: the chain drops them after it
-has hashed them.
+has hashed them. The same frames, sent to a cluster MAC, then go through the
+XDP program (BPF_PROG_TEST_RUN) for each case it can serve (at most 1,024
+buckets, no offset), whose bucket must be the kernel's mark too.
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ from dataclasses import dataclass
 
 import pytest
 
+from agent.config import Block
+from agent.config.model import L2Config
+from agent.config.schema import MAX_BUCKETS
 from agent.core.buckets import HashFields, bucket, hash_key
 from agent.core.clusterset import hash_expression
 from agent.netns import run_in
+from xdp_run import FilterRun
 
 FLOWS = 10_000
+CLUSTER_MAC = "01:00:5e:00:01:01"
 TABLE = "dpt_parity"
 # (fields, modulus, seed, offset): CLUSTERIP's three modes in 256 buckets; the
 # same with the widest modulus, where the mark is the whole hash less one (so a
@@ -170,3 +177,22 @@ def test_every_flow_lands_in_the_kernels_bucket(netns_factory, family_name: str)
         ours = {flow: bucket(fields, *flow, modulus, seed, offset) for flow in marks}
         wrong = {flow: (mark, ours[flow]) for flow, mark in marks.items() if mark != ours[flow]}
         assert not wrong, f"{case}: {len(wrong)} of {len(marks)} differ, (kernel, ours): {list(wrong.items())[:5]}"
+        if modulus <= MAX_BUCKETS and offset == 0:
+            flows_seen = sorted(marks)
+            xdp = xdp_buckets(family, fields, modulus, seed, src_mac, flows_seen)
+            wrong = {f: (marks[f], b) for f, b in zip(flows_seen, xdp) if marks[f] != b}
+            assert not wrong, f"{case}: XDP differs for {len(wrong)} flows, (kernel, XDP): {list(wrong.items())[:5]}"
+
+
+def xdp_buckets(family: Family, fields: HashFields, buckets: int, seed: int, src_mac: bytes,
+                flows: list[Flow]) -> list[int]:
+    """The bucket the XDP filter puts each flow's frame in, for a block holding the destination."""
+    block = Block(name="parity", interface="unused0", prefixes=(ipaddress.ip_network(family.destination),),
+                  addresses=(), l2=L2Config(mode="cluster-mac", cluster_mac=CLUSTER_MAC, buckets=buckets,
+                                            hash=fields.value, hash_seed=seed, backend="xdp"))
+    run = FilterRun(block)
+    try:
+        cluster_mac = bytes.fromhex(CLUSTER_MAC.replace(":", ""))
+        return run.buckets_of([frame(cluster_mac, src_mac, family, flow) for flow in flows])
+    finally:
+        run.close()
