@@ -257,9 +257,11 @@ class Lab:
     def write_config(self, node: int, *, priority: int | None = None, preempt: bool = False,
                      preempt_delay: float = 0.0, advert_interval: float = 0.05,
                      key_hex: str = KEY_HEX, block: str = BLOCK_V4, block_v6: bool | str = False,
-                     announce: str = "", heartbeat: str = "group", l2: str = "garp") -> Path:
+                     announce: str = "", heartbeat: str = "group", l2: str = "garp",
+                     backend: str = "nft") -> Path:
         """An agent configuration for fw<node>; `announce` is extra TOML for the block;
-        `l2` its L2 mode (vmac: VRID 51; cluster-mac: one cluster MAC per block);
+        `l2` its L2 mode (vmac: VRID 51; cluster-mac: one cluster MAC per block, its
+        filter in `backend`, "nft" or "xdp");
         `block_v6` adds the IPv6 block (True: BLOCK_V6, or a prefix inside it);
         `heartbeat` is "group" (IPv4 multicast), "group6" (IPv6 link-local multicast)
         or "unicast" (the peer's hb addresses)."""
@@ -272,7 +274,7 @@ name = "ext6"
 interface = "ext0"
 prefixes = ["{BLOCK_V6 if block_v6 is True else block_v6}"]
 {announce}
-{self._l2(l2, 2)}
+{self._l2(l2, 2, backend)}
 """ if block_v6 else ""
         path = self.dir / f"fw{node}.toml"
         path.write_text(f"""\
@@ -306,16 +308,17 @@ name = "ext"
 interface = "ext0"
 prefixes = ["{block}"]
 {announce}
-{self._l2(l2, 1)}
+{self._l2(l2, 1, backend)}
 {v6_block}""")
         return path
 
     @staticmethod
-    def _l2(mode: str, nth: int) -> str:
+    def _l2(mode: str, nth: int, backend: str) -> str:
         if mode == "vmac":
             return f'[block.l2]\nmode = "vmac"\nvrid = {VRID}\n'
         if mode == "cluster-mac":
-            return f'[block.l2]\nmode = "cluster-mac"\ncluster_mac = "{CLUSTER_MAC[:-1]}{nth}"\n'
+            return (f'[block.l2]\nmode = "cluster-mac"\ncluster_mac = "{CLUSTER_MAC[:-1]}{nth}"\n'
+                    f'backend = "{backend}"\n')
         return ""
 
     @staticmethod

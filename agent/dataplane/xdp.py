@@ -20,6 +20,8 @@ changes both.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import fcntl
 import logging
 import socket
 import struct
@@ -40,6 +42,25 @@ COUNTERS = ("passed", "dropped", "expired", "not_block", "not_cluster_mac", "mal
 HASHES = {HashFields.SOURCE: lib.DP_HASH_SOURCE, HashFields.SOURCE_PORT: lib.DP_HASH_SOURCE_PORT,
           HashFields.SOURCE_PORTS: lib.DP_HASH_SOURCE_PORTS}
 V4_KEY, V6_KEY = ffi.sizeof("struct dp_v4_key"), ffi.sizeof("struct dp_v6_key")
+SIOCETHTOOL, ETHTOOL_GDRVINFO, DRVINFO_SIZE = 0x8946, 0x3, 196
+# Drivers whose native XDP runs on a socket buffer that already has its packet type: the
+# peer's transmit path classified the frame to the cluster MAC as multicast, and after
+# the program's rewrite eth_type_trans() leaves an address of the device's own unmarked,
+# so the stack keeps PACKET_MULTICAST (generic XDP resets it to PACKET_HOST). Checked
+# with a TCP connection on this kernel (6.18); on other drivers the frame is new.
+SKB_BACKED = frozenset({"veth"})
+
+
+def driver(interface: str) -> str:
+    """The interface's driver name (ETHTOOL_GDRVINFO), or "" if it has none to tell."""
+    info = bytearray(struct.pack("=I", ETHTOOL_GDRVINFO)) + bytes(DRVINFO_SIZE - 4)
+    request = struct.pack("16sP", interface.encode(), ctypes.addressof(ctypes.c_char.from_buffer(info)))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            fcntl.ioctl(sock, SIOCETHTOOL, request)
+        except OSError:
+            return ""
+    return bytes(info[4:36]).split(b"\0", 1)[0].decode(errors="replace")
 
 
 def _uses_xdp(block: Block) -> bool:
@@ -143,13 +164,18 @@ class XdpFilter:
             log.warning("xdp: replaced the filter an earlier run left on %s (program id %d)", interface, there.prog_id)
             self.attached[interface] = there.mode or "generic"
             return
-        try:
-            bpf.attach(ifindex, prog_fd, "native")
-            self.attached[interface] = "native"
-        except bpf.BpfError as native:
-            log.info("xdp: no native XDP on %s (%s); attaching in generic mode", interface, native)
-            bpf.attach(ifindex, prog_fd, "generic")
-            self.attached[interface] = "generic"
+        if driver(interface) in SKB_BACKED:
+            log.info("xdp: %s is a %s: attaching in generic mode, since its native XDP leaves a frame "
+                     "PACKET_MULTICAST after the MAC rewrite and TCP would drop it", interface, driver(interface))
+        else:
+            try:
+                bpf.attach(ifindex, prog_fd, "native")
+                self.attached[interface] = "native"
+                return
+            except bpf.BpfError as native:
+                log.info("xdp: no native XDP on %s (%s); attaching in generic mode", interface, native)
+        bpf.attach(ifindex, prog_fd, "generic")
+        self.attached[interface] = "generic"
 
     def _detach(self, interface: str) -> None:
         mode = self.attached.pop(interface, None)
