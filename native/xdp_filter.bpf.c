@@ -205,6 +205,10 @@ int dpagent_filter(struct xdp_md *ctx)
 	/* Ethernet and at most two VLAN tags. */
 	if ((void *)(eth + 1) > end)
 		return count(DP_NO_BLOCK, DP_MALFORMED, XDP_PASS);
+	/* Cluster MACs are multicast: a frame to a unicast MAC (this host's, most of an
+	 * interface's traffic) is none of the filter's business, and costs no lookup. */
+	if (!(eth->h_dest[0] & 1))
+		return count(DP_NO_BLOCK, DP_NOT_CLUSTER_MAC, XDP_PASS);
 	ethertype = eth->h_proto;
 	pos = eth + 1;
 	for (i = 0; i < DP_MAX_VLAN_TAGS; i++) {

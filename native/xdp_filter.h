@@ -33,7 +33,7 @@
 #define DP_DROPPED 1         /* a bucket this node does not own */
 #define DP_EXPIRED 2         /* an owned bucket whose lease ran out: the agent stopped refreshing */
 #define DP_NOT_BLOCK 3       /* not IP, or not to a block address: passed untouched */
-#define DP_NOT_CLUSTER_MAC 4 /* a block address, but not to its cluster MAC: passed untouched */
+#define DP_NOT_CLUSTER_MAC 4 /* to a unicast MAC (in no block's slot), or a block's but another MAC */
 #define DP_MALFORMED 5       /* headers cut short or invalid; dropped once the block is known */
 #define DP_COUNTERS 6
 

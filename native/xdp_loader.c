@@ -299,12 +299,16 @@ int dp_map_update_many(int fd, const void *keys, uint32_t key_size, const void *
 }
 
 int dp_test_run(int prog_fd, const void *data, uint32_t len, void *out, uint32_t *out_len,
-		uint32_t repeat, uint32_t *verdict, uint32_t *duration_ns)
+		uint32_t repeat, uint32_t flags, uint32_t *verdict, uint32_t *duration_ns)
 {
-	LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = data, .data_size_in = len, .data_out = out,
-		    .data_size_out = *out_len, .repeat = (int)repeat);
+	LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = data, .data_size_in = len, .repeat = (int)repeat,
+		    .flags = flags);
 
 	begin();
+	if (!(flags & DP_TEST_LIVE_FRAMES)) {
+		opts.data_out = out;
+		opts.data_size_out = *out_len;
+	}
 	if (bpf_prog_test_run_opts(prog_fd, &opts))
 		return fail(errno, "test run");
 	*out_len = opts.data_size_out;

@@ -50,10 +50,14 @@ int dp_map_delete(int fd, const void *key);
 int dp_map_update_many(int fd, const void *keys, uint32_t key_size, const void *values,
 		       uint32_t value_size, uint32_t count);
 
+/* BPF_PROG_TEST_RUN flag: frames the program passes, redirects or transmits really go
+ * there (how xdp-trafficgen generates traffic); `out` is then not written. */
+#define DP_TEST_LIVE_FRAMES 2
+
 /* BPF_PROG_TEST_RUN: run the program `repeat` times on `data`; the packet it leaves
  * goes to `out` (`*out_len`: its capacity in, its length out). */
 int dp_test_run(int prog_fd, const void *data, uint32_t len, void *out, uint32_t *out_len,
-		uint32_t repeat, uint32_t *verdict, uint32_t *duration_ns);
+		uint32_t repeat, uint32_t flags, uint32_t *verdict, uint32_t *duration_ns);
 
 /* The BTF layout the BPF compiler gave a struct of the object at `path`: its size,
  * or a member's byte offset and size (`member` non-NULL). For the layout test. */

@@ -74,15 +74,17 @@ class BpfObject:
             self._maps[name] = _checked(lib.dp_map_fd(self._obj, name.encode()), f"map {name}")
         return self._maps[name]
 
-    def test_run(self, packet: bytes, repeat: int = 1, name: str = FILTER_PROGRAM) -> TestRun:
+    def test_run(self, packet: bytes, repeat: int = 1, name: str = FILTER_PROGRAM, live: bool = False) -> TestRun:
         """BPF_PROG_TEST_RUN on `packet`: the verdict, the packet as the program left it, and
-        the kernel's average time per run."""
+        the kernel's average time per run. `live`: the frames go where the program sends them
+        (its verdict and packet are then not reported)."""
         out = ffi.new("char[]", len(packet) + 256)
         out_len = ffi.new("uint32_t *", len(packet) + 256)
         verdict, duration = ffi.new("uint32_t *"), ffi.new("uint32_t *")
-        _checked(lib.dp_test_run(self.prog_fd(name), packet, len(packet), out, out_len, repeat, verdict, duration),
-                 "test run")
-        return TestRun(int(verdict[0]), ffi.buffer(out, out_len[0])[:], int(duration[0]))
+        flags = lib.DP_TEST_LIVE_FRAMES if live else 0
+        _checked(lib.dp_test_run(self.prog_fd(name), packet, len(packet), out, out_len, repeat, flags, verdict,
+                                 duration), "test run")
+        return TestRun(int(verdict[0]), b"" if live else ffi.buffer(out, out_len[0])[:], int(duration[0]))
 
     def close(self) -> None:
         if self._obj != ffi.NULL:

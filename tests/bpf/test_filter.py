@@ -117,8 +117,12 @@ CASES = [
         eth() / IP(src=OWNED4, dst=VIP4, options=b"\x01\x01\x01\x00") / TCP(sport=SPORT, dport=DPORT)),
         XDP_PASS, "passed"),
     Case("IPv4 to no block address", tcp4(OWNED4, "192.0.2.200"), XDP_PASS, "not_block", "none"),
-    Case("IPv4 to the block, but to this host's own MAC", bytes(
-        eth(OWN_MAC) / IP(src=UNOWNED4, dst=VIP4) / TCP(sport=SPORT, dport=DPORT)), XDP_PASS, "not_cluster_mac"),
+    Case("IPv4 to the block, but to this host's own MAC: no lookup", bytes(
+        eth(OWN_MAC) / IP(src=UNOWNED4, dst=VIP4) / TCP(sport=SPORT, dport=DPORT)), XDP_PASS, "not_cluster_mac",
+         "none"),
+    Case("IPv4 to the block, but to another multicast MAC", bytes(
+        eth("01:00:5e:00:01:09") / IP(src=UNOWNED4, dst=VIP4) / TCP(sport=SPORT, dport=DPORT)), XDP_PASS,
+         "not_cluster_mac"),
     Case("ARP to the cluster MAC", bytes(eth() / ARP(psrc=OWNED4, pdst=VIP4)), XDP_PASS, "not_block", "none"),
     Case("one 802.1Q tag, owned", bytes(eth() / Dot1Q(vlan=7) / IP(src=OWNED4, dst=VIP4) / TCP(
         sport=SPORT, dport=DPORT)), XDP_PASS, "passed"),
