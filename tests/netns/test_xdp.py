@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.lab import Lab
+from agent.lab import CLUSTER_MAC, Lab
 from test_shared_mac import BLOCK_V6, V4, V6, connect, start_servers
 from waiting import wait_for
 
@@ -122,6 +122,17 @@ def test_a_restart_replaces_and_cleanup_removes_a_crashed_agents_program(lab) ->
     assert done.returncode == 0, done.stderr
     assert xdp_on(lab, 1)["prog_id"] == 0
     assert "dpagent" not in lab.exec("fw1", ["nft", "list", "tables"]).stdout
+
+
+def test_a_stopped_agent_detaches_its_program(lab) -> None:
+    lab.start_agent(1, lab.write_config(1, l2="cluster-mac", backend="xdp"))
+    lab.wait_state(1, "MASTER")
+    assert wait_for(lambda: xdp_on(lab, 1)["prog_id"])
+    lab.kill_agent(1, signal.SIGTERM)
+    assert lab.agents[1].returncode == 0
+    assert xdp_on(lab, 1)["prog_id"] == 0
+    listed = lab.exec("fw1", ["cat", "/proc/net/dev_mcast"]).stdout
+    assert CLUSTER_MAC.replace(":", "") not in listed
 
 
 @pytest.fixture(scope="module")

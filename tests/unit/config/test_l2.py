@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.config import load_config
+from agent.config.schema import MAX_XDP_BLOCKS
 from config_documents import minimal, one_error, write
 
 
@@ -60,3 +61,20 @@ def test_the_cluster_mac_is_a_multicast_mac(workdir: Path) -> None:
     config = load_config(write(workdir, with_blocks(block("a", ["192.0.2.10"], mode="cluster-mac",
                                                           cluster_mac="01-00-5E-00-01-0A"))))
     assert config.blocks[0].l2.mac == "01:00:5e:00:01:0a"
+
+
+def test_the_xdp_backend_is_a_cluster_mac_filter(workdir: Path) -> None:
+    assert one_error(workdir, with_blocks(block("a", ["192.0.2.10"], mode="vmac", vrid=3, backend="xdp"))) == (
+        'DIR/dpagent.toml: block[0].l2.backend = "xdp": is a cluster-mac filter: it needs mode cluster-mac')
+    config = load_config(write(workdir, with_blocks(block("a", ["192.0.2.10"], mode="cluster-mac", backend="xdp"),
+                                                    block("b", ["192.0.2.11"]))))
+    assert [b.l2.backend for b in config.blocks] == ["xdp", "nft"]
+
+
+def test_one_xdp_filter_serves_64_blocks(workdir: Path) -> None:
+    blocks = [block(f"b{i}", [f"192.0.2.{i + 1}"], mode="cluster-mac", backend="xdp",
+                    cluster_mac=f"01:00:5e:00:02:{i:02x}") for i in range(MAX_XDP_BLOCKS + 1)]
+    assert one_error(workdir, with_blocks(*blocks)) == (
+        f'DIR/dpagent.toml: block[{MAX_XDP_BLOCKS}].l2.backend = "xdp": one XDP filter serves at most '
+        f"{MAX_XDP_BLOCKS} blocks")
+    load_config(write(workdir, with_blocks(*blocks[:MAX_XDP_BLOCKS])))

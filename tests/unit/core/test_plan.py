@@ -47,3 +47,11 @@ def test_each_l2_mode_runs_its_own_steps():
     assert [s.facility for s in plan.takeover(everything, "cluster-mac")] == ["gate", "buckets", "addresses"]
     assert [s.facility for s in plan.release(everything, "cluster-mac")] == ["addresses", "buckets", "gate"]
     assert plan.reannounce(everything, "cluster-mac") == ()
+
+
+def test_a_cluster_mac_block_owns_its_buckets_in_its_backend_only():
+    everything = {step.facility for step in plan.TAKEOVER}
+    assert [s.facility for s in plan.takeover(everything, "cluster-mac", "xdp")] == ["gate", "xdp", "addresses"]
+    assert [s.facility for s in plan.release(everything, "cluster-mac", "xdp")] == ["addresses", "xdp", "gate"]
+    # The other modes have no cluster filter, whatever the backend says.
+    assert plan.takeover(everything, "garp", "xdp") == plan.takeover(everything, "garp", "nft")

@@ -1,0 +1,40 @@
+"""agent.dataplane.xdp's encoders: what the agent writes into the filter's maps, without root."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+from agent.config import Block, L2Config
+from agent.dataplane import xdp
+
+BLOCK = Block(name="ext", interface="eth1",
+              prefixes=(ipaddress.ip_network("198.51.100.0/24"), ipaddress.ip_network("2001:db8:5::/120")),
+              addresses=(ipaddress.ip_address("203.0.113.7"), ipaddress.ip_address("2001:db8::7")),
+              l2=L2Config(mode="cluster-mac", cluster_mac="01:00:5e:00:01:07", buckets=100,
+                          hash="sourceip-sourceport", hash_seed=0xABCD, backend="xdp"))
+
+
+def test_lpm_keys_hold_each_prefix_and_each_single_address_per_ip_version() -> None:
+    v4, v6 = xdp.lpm_keys(BLOCK)
+    assert v4 == struct.pack("=I", 24) + bytes([198, 51, 100, 0]) + struct.pack("=I", 32) + bytes([203, 0, 113, 7])
+    assert len(v6) == 2 * xdp.V6_KEY
+    assert v6[:xdp.V6_KEY] == struct.pack("=I", 120) + ipaddress.ip_address("2001:db8:5::").packed
+    assert v6[xdp.V6_KEY:] == struct.pack("=I", 128) + ipaddress.ip_address("2001:db8::7").packed
+
+
+def test_an_entry_carries_the_block_settings_and_owns_nothing() -> None:
+    entry = xdp.block_entry(BLOCK, "02:00:00:00:00:09")
+    assert (entry.buckets, entry.seed, entry.hash, entry.expires_ns) == (100, 0xABCD, xdp.lib.DP_HASH_SOURCE_PORT, 0)
+    assert bytes(entry.cluster_mac) == bytes.fromhex("01005e000107")
+    assert bytes(entry.own_mac) == bytes.fromhex("020000000009")
+    assert list(entry.owned) == [0] * xdp.lib.DP_OWNED_WORDS
+
+
+def test_owned_buckets_are_bits_of_the_bitmap() -> None:
+    entry = xdp.block_entry(BLOCK, "02:00:00:00:00:09")
+    xdp.set_owned(entry, [0, 31, 32, 99], 123)
+    assert entry.expires_ns == 123
+    assert list(entry.owned)[:4] == [1 | 1 << 31, 1, 0, 1 << 3]
+    xdp.set_owned(entry, range(100), 5)
+    assert sum(bin(word).count("1") for word in entry.owned) == 100
