@@ -113,9 +113,7 @@ def build_object(source: Path, directory: str) -> Path:
 def loaded_filter() -> bpf.BpfObject:
     """dpagent's program with BLOCK in slot 0, nothing owned."""
     program = bpf.BpfObject()
-    xdp.write_members(program, 0, BLOCK, add=True)
-    entry = xdp.block_entry(BLOCK, RECEIVER_MAC)
-    bpf.update(program.map_fd("dpagent_blocks"), xdp.ffi.new("uint32_t *", 0), entry)
+    xdp.load_block(program, 0, BLOCK, RECEIVER_MAC)
     return program
 
 

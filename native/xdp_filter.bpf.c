@@ -2,7 +2,8 @@
 /* dpagent's cluster-MAC filter at the driver: the CLUSTERIP replacement before the stack.
  *
  * Every node of a cluster-mac block receives every frame sent to the block's
- * multicast MAC. For a frame to a block address (LPM tries) and its cluster
+ * multicast MAC. For a frame to a block address (an index of IPv4 /16s, then
+ * LPM tries) and its cluster
  * MAC, this hashes the flow exactly as agent/core/buckets.py and the nft
  * backend do (the kernel's jhash over the same bytes, then reciprocal_scale)
  * and accepts it only if this node owns the bucket and the agent's lease on
@@ -33,6 +34,15 @@ struct vlan_hdr {
 	__be16 tci;
 	__be16 proto;
 };
+
+/* An IPv4 /16 -> whose it is (DP_V4_MIXED: see dpagent_v4): a block of /16s or
+ * shorter prefixes costs one array lookup, inlined, instead of a trie walk. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DP_V4_SIXTEENS);
+	__type(key, __u32);
+	__type(value, __u32);
+} dpagent_v4_16 SEC(".maps");
 
 /* IPv4 prefixes and single addresses of every block -> its slot. */
 struct {
@@ -198,7 +208,7 @@ int dpagent_filter(struct xdp_md *ctx)
 	void *pos, *l4 = NULL;
 	bool fragment = false;
 	int protocol = -1;
-	__u32 slot, *found, bucket, word;
+	__u32 slot, *found, bucket, word, sixteen;
 	__u16 ethertype;
 	int i;
 
@@ -229,10 +239,19 @@ int dpagent_filter(struct xdp_md *ctx)
 
 		if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < 5)
 			return count(DP_NO_BLOCK, DP_MALFORMED, XDP_PASS);
-		__builtin_memcpy(key.addr, &ip->daddr, 4);
-		found = bpf_map_lookup_elem(&dpagent_v4, &key);
-		if (!found)
+		sixteen = bpf_ntohl(ip->daddr) >> 16;
+		found = bpf_map_lookup_elem(&dpagent_v4_16, &sixteen);
+		if (!found || !*found)
 			return count(DP_NO_BLOCK, DP_NOT_BLOCK, XDP_PASS);
+		if (*found == DP_V4_MIXED) {
+			__builtin_memcpy(key.addr, &ip->daddr, 4);
+			found = bpf_map_lookup_elem(&dpagent_v4, &key);
+			if (!found)
+				return count(DP_NO_BLOCK, DP_NOT_BLOCK, XDP_PASS);
+			slot = *found;
+		} else {
+			slot = *found - 1;
+		}
 		flow.words[0] = ip->saddr;
 		flow.len = 1;
 		fragment = (ip->frag_off & bpf_htons(IP_MF_OFFSET)) != 0;
@@ -248,6 +267,7 @@ int dpagent_filter(struct xdp_md *ctx)
 		found = bpf_map_lookup_elem(&dpagent_v6, &key);
 		if (!found)
 			return count(DP_NO_BLOCK, DP_NOT_BLOCK, XDP_PASS);
+		slot = *found;
 		__builtin_memcpy(flow.words, &ip6->saddr, 16);
 		flow.len = 4;
 		l4 = ip6;
@@ -256,7 +276,6 @@ int dpagent_filter(struct xdp_md *ctx)
 	}
 
 	/* Only frames to the block's cluster MAC are the filter's to decide. */
-	slot = *found;
 	block = bpf_map_lookup_elem(&dpagent_blocks, &slot);
 	if (!block || !block->buckets)
 		return count(DP_NO_BLOCK, DP_NOT_BLOCK, XDP_PASS);

@@ -17,6 +17,10 @@
 #define DP_OWNED_WORDS 32
 /* Prefixes and single addresses of all blocks, per IP version. */
 #define DP_MAX_PREFIXES 1048576
+/* dpagent_v4_16: one entry per IPv4 /16. 0: no block address in it; slot + 1: all of it
+ * is one block's; DP_V4_MIXED: parts of it are, ask the LPM trie. */
+#define DP_V4_SIXTEENS 65536
+#define DP_V4_MIXED 0xffffffff
 
 /* dp_block.hash: the fields of agent.core.buckets.HashFields, in that order. */
 #define DP_HASH_SOURCE 0

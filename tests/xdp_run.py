@@ -23,8 +23,7 @@ class FilterRun:
     def __init__(self, block: Block, interface_mac: str = OWN_MAC, slot: int = 0) -> None:
         self.program = bpf.BpfObject()
         self.block, self.slot = block, slot
-        self.entry = xdp.block_entry(block, interface_mac)
-        xdp.write_members(self.program, slot, block, add=True)
+        self.entry = xdp.load_block(self.program, slot, block, interface_mac)
         self.own(range(block.l2.buckets))
 
     def own(self, buckets: Iterable[int], expires_ns: int | None = None) -> None:

@@ -26,7 +26,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 
 from agent._native._xdp import ffi, lib
@@ -111,6 +111,44 @@ def write_members(program: bpf.BpfObject, slot: int, block: Block, add: bool) ->
         bpf.update_many(program.map_fd(tree), keys, size, value * (len(keys) // size) if add else None, 4)
 
 
+def v4_index(loaded: Iterable[tuple[Block, int]]) -> dict[int, int]:
+    """The entries of dpagent_v4_16 that are not 0, for these (block, slot) pairs: a /16
+    that a prefix of /16 or shorter covers is its block's (slot + 1); a /16 holding a
+    longer prefix or a single address is mixed. Blocks are disjoint (agent.config)."""
+    index: dict[int, int] = {}
+    for block, slot in loaded:
+        for prefix in block.prefixes:
+            if prefix.version == 4:
+                first = int(prefix.network_address) >> 16
+                if prefix.prefixlen <= 16:
+                    index.update(dict.fromkeys(range(first, first + (1 << (16 - prefix.prefixlen))), slot + 1))
+                else:
+                    index[first] = lib.DP_V4_MIXED
+        for address in block.addresses:
+            if address.version == 4:
+                index[int(address) >> 16] = lib.DP_V4_MIXED
+    return index
+
+
+def write_index(program: bpf.BpfObject, before: dict[int, int], after: dict[int, int]) -> None:
+    """Change dpagent_v4_16 from `before` to `after` (entries absent are 0)."""
+    changed = {k: v for k, v in after.items() if before.get(k) != v} | {k: 0 for k in before if k not in after}
+    if changed:
+        keys = struct.pack(f"={len(changed)}I", *changed)
+        bpf.update_many(program.map_fd("dpagent_v4_16"), keys, 4, struct.pack(f"={len(changed)}I",
+                                                                              *changed.values()), 4)
+
+
+def load_block(program: bpf.BpfObject, slot: int, block: Block, interface_mac: str) -> object:
+    """One block alone in a freshly loaded program (tests, benchmarks): its entry, nothing
+    owned, its addresses in the tries and the /16 index. Returns the entry."""
+    entry = block_entry(block, interface_mac)
+    bpf.update(program.map_fd("dpagent_blocks"), ffi.new("uint32_t *", slot), entry)
+    write_members(program, slot, block, add=True)
+    write_index(program, {}, v4_index([(block, slot)]))
+    return entry
+
+
 def counters_of(fd: int, slot: int, cpus: int) -> dict[str, int]:
     """A slot's counters, summed over CPUs, from the counters map at `fd`."""
     values = ffi.new("struct dp_counters[]", cpus)
@@ -131,6 +169,7 @@ class XdpFilter:
         self.loaded: dict[str, Block] = {}
         self.slots: dict[str, int] = {}
         self._entries: dict[str, object] = {}
+        self._index: dict[int, int] = {}
         self.owned: dict[str, int] = {}
         # interface -> attach mode ("native", "generic")
         self.attached: dict[str, str] = {}
@@ -192,6 +231,7 @@ class XdpFilter:
         try:
             self._write(block.name)
             write_members(self._program(), self.slots[block.name], block, add=True)
+            self._sync_index()
             problem = maddr.change(block.interface, block.l2.cluster_mac, add=True)
             if problem is not None:
                 raise bpf.BpfError(0, problem)
@@ -207,17 +247,27 @@ class XdpFilter:
     def _unload(self, block: Block, configured: Sequence[Block]) -> None:
         """Everything of the block out of the maps, its slot free; the program detached
         from an interface no loaded block uses any more."""
+        slot = self.slots[block.name]
         try:
-            write_members(self._program(), self.slots[block.name], block, add=False)
+            del self.loaded[block.name]
+            self._sync_index()
+            write_members(self._program(), slot, block, add=False)
             self._entries[block.name] = ffi.new("struct dp_block *")
             self._write(block.name)
         finally:
-            del self.loaded[block.name], self.slots[block.name], self._entries[block.name]
+            self.loaded.pop(block.name, None)
+            del self.slots[block.name], self._entries[block.name]
         if not any(b.interface == block.interface for b in self.loaded.values()):
             self._detach(block.interface)
         problem = maddr.release(block, configured)
         if problem is not None:
             raise bpf.BpfError(0, problem)
+
+    def _sync_index(self) -> None:
+        """The /16 index as the loaded blocks want it."""
+        after = v4_index((b, self.slots[name]) for name, b in self.loaded.items())
+        write_index(self._program(), self._index, after)
+        self._index = after
 
     def adjust(self, old: Block, new: Block) -> StepResult:
         """A held block's addresses changed: the new keys in, then the old ones out."""
@@ -226,17 +276,20 @@ class XdpFilter:
         if new.name not in self.slots:
             result.problem = f"block {new.name} has no XDP filter: {self.problems.get(new.name, 'not prepared')}"
             return result
-        old_keys, new_keys = lpm_keys(old), lpm_keys(new)
         slot = struct.pack("=I", self.slots[new.name])
+        changes = []
+        for before, after, size, tree in zip(lpm_keys(old), lpm_keys(new), (V4_KEY, V6_KEY), ("dpagent_v4", "dpagent_v6")):
+            was = {before[i:i + size] for i in range(0, len(before), size)}
+            now = {after[i:i + size] for i in range(0, len(after), size)}
+            changes.append((tree, size, b"".join(sorted(now - was)), b"".join(sorted(was - now))))
         try:
-            for before, after, size, tree in zip(old_keys, new_keys, (V4_KEY, V6_KEY), ("dpagent_v4", "dpagent_v6")):
-                was = {before[i:i + size] for i in range(0, len(before), size)}
-                now = {after[i:i + size] for i in range(0, len(after), size)}
-                added, removed = b"".join(sorted(now - was)), b"".join(sorted(was - now))
+            for tree, size, added, _removed in changes:
                 bpf.update_many(self._fd(tree), added, size, slot * (len(added) // size), 4)
-                bpf.update_many(self._fd(tree), removed, size, None, 4)
-                result.applied += (len(added) + len(removed)) // size
             self.loaded[new.name] = new
+            self._sync_index()
+            for tree, size, _added, removed in changes:
+                bpf.update_many(self._fd(tree), removed, size, None, 4)
+            result.applied = sum((len(added) + len(removed)) // size for _tree, size, added, removed in changes)
         except OSError as exc:
             result.problem = str(exc)
         result.seconds = time.perf_counter() - started

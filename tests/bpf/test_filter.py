@@ -28,7 +28,8 @@ PEER_MAC = "02:00:5e:10:00:99"
 BUCKETS, SEED = 16, 0x5EED
 BLOCK = Block(
     name="ext", interface="unused0",
-    prefixes=(ipaddress.ip_network("198.51.100.0/24"), ipaddress.ip_network("2001:db8:5::/120")),
+    prefixes=(ipaddress.ip_network("198.18.0.0/15"), ipaddress.ip_network("198.51.100.0/24"),
+              ipaddress.ip_network("2001:db8:5::/120")),
     addresses=(ipaddress.ip_address("203.0.113.7"),),
     l2=L2Config(mode="cluster-mac", cluster_mac=CLUSTER_MAC, buckets=BUCKETS,
                 hash="sourceip-sourceport-destport", hash_seed=SEED, backend="xdp"))
@@ -117,6 +118,12 @@ CASES = [
         eth() / IP(src=OWNED4, dst=VIP4, options=b"\x01\x01\x01\x00") / TCP(sport=SPORT, dport=DPORT)),
         XDP_PASS, "passed"),
     Case("IPv4 to no block address", tcp4(OWNED4, "192.0.2.200"), XDP_PASS, "not_block", "none"),
+    Case("IPv4 to no block address, in a /16 shared with one", tcp4(OWNED4, "198.51.7.7"), XDP_PASS, "not_block",
+         "none"),
+    Case("IPv4 to a /15 of the block (the /16 index alone), owned", tcp4(OWNED4, "198.19.250.1"), XDP_PASS,
+         "passed"),
+    Case("IPv4 to a /15 of the block, not owned", tcp4(UNOWNED4, "198.18.0.9"), XDP_DROP, "dropped"),
+    Case("IPv4 next to the /15", tcp4(OWNED4, "198.20.0.1"), XDP_PASS, "not_block", "none"),
     Case("IPv4 to the block, but to this host's own MAC: no lookup", bytes(
         eth(OWN_MAC) / IP(src=UNOWNED4, dst=VIP4) / TCP(sport=SPORT, dport=DPORT)), XDP_PASS, "not_cluster_mac",
          "none"),

@@ -156,3 +156,22 @@ def test_someone_elses_xdp_program_is_left_alone(lab, other_program: Path) -> No
     lab.kill_agent(1, signal.SIGKILL)
     lab.exec("fw1", [sys.executable, "-m", "agent.runtime.main", "-c", str(config), "cleanup"])
     assert xdp_on(lab, 1)["name"] == "xdp_pass_only"
+
+
+@pytest.mark.lab(heartbeat="switched")
+def test_a_held_block_grown_by_a_reload_is_served_through_the_filter(lab) -> None:
+    """198.18.128.0/17 joins a held block: the XDP step's adjust puts it in the trie and the
+    /16 index, or its frames would pass unrewritten, as multicast, and TCP would drop them."""
+    lab.start_agent(1, lab.write_config(1, block="198.18.0.0/17", l2="cluster-mac", backend="xdp"))
+    lab.wait_state(1, "MASTER")
+    start_servers(lab)
+    lab.resolve(["198.18.0.7"])
+    assert wait_for(lambda: connect(lab, "198.18.0.7")) == "fw1"
+
+    lab.write_config(1, block="198.18.0.0/16", l2="cluster-mac", backend="xdp")
+    done = lab.exec("fw1", [sys.executable, "-m", "agent.cli", "-s", lab.socket_path(1), "reload"])
+    assert "reloaded" in done.stdout
+    lab.resolve(["198.18.200.1"])
+    assert wait_for(lambda: connect(lab, "198.18.200.1")) == "fw1"
+    steps = {s["name"] for t in lab.status(1)["transitions"] for s in t["steps"]}
+    assert any(name.startswith("xdp-members") for name in steps), steps

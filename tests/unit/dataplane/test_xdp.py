@@ -38,3 +38,12 @@ def test_owned_buckets_are_bits_of_the_bitmap() -> None:
     assert list(entry.owned)[:4] == [1 | 1 << 31, 1, 0, 1 << 3]
     xdp.set_owned(entry, range(100), 5)
     assert sum(bin(word).count("1") for word in entry.owned) == 100
+
+
+def test_the_16_index_names_whole_16s_and_sends_the_rest_to_the_trie() -> None:
+    wide = Block(name="wide", interface="eth1", prefixes=(ipaddress.ip_network("10.0.0.0/14"),), addresses=())
+    index = xdp.v4_index([(BLOCK, 0), (wide, 5)])
+    mixed = xdp.lib.DP_V4_MIXED
+    sixteen = (lambda a: int(ipaddress.ip_address(a)) >> 16)
+    assert index == {sixteen("198.51.0.0"): mixed, sixteen("203.0.0.0"): mixed,
+                     **{sixteen(f"10.{i}.0.0"): 6 for i in range(4)}}
