@@ -2,8 +2,8 @@
 /* dpagent's cluster-MAC filter at the driver: the CLUSTERIP replacement before the stack.
  *
  * Every node of a cluster-mac block receives every frame sent to the block's
- * multicast MAC. For a frame to a block address (an index of IPv4 /16s, then
- * LPM tries) and its cluster
+ * multicast MAC. For a frame to a block address (indexes of IPv4 /16s and IPv6
+ * /116s, then LPM tries where they say so) and its cluster
  * MAC, this hashes the flow exactly as agent/core/buckets.py and the nft
  * backend do (the kernel's jhash over the same bytes, then reciprocal_scale)
  * and accepts it only if this node owns the bucket and the agent's lease on
@@ -35,7 +35,7 @@ struct vlan_hdr {
 	__be16 proto;
 };
 
-/* An IPv4 /16 -> whose it is (DP_V4_MIXED: see dpagent_v4): a block of /16s or
+/* An IPv4 /16 -> whose it is (DP_ASK_TRIE: see dpagent_v4): a block of /16s or
  * shorter prefixes costs one array lookup, inlined, instead of a trie walk. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -52,6 +52,15 @@ struct {
 	__type(key, struct dp_v4_key);
 	__type(value, __u32);
 } dpagent_v4 SEC(".maps");
+
+/* An IPv6 /116 network, by dp_v6_fold -> whose it is: a block's /116 prefix costs an
+ * inlined array lookup and a 16-byte compare instead of a trie walk. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DP_V6_SLOTS);
+	__type(key, __u32);
+	__type(value, struct dp_v6_net);
+} dpagent_v6_116 SEC(".maps");
 
 /* IPv6 prefixes and single addresses of every block -> its slot. */
 struct {
@@ -84,6 +93,15 @@ struct flow {
 	__u32 words[6];
 	__u32 len;
 };
+
+/* The dpagent_v6_116 entry of a /116 network (its four words, in packet order): the
+ * 16-bit halves of the words' xor, xored; agent.dataplane.xdp.v6_fold is the same. */
+static __always_inline __u32 v6_fold(const __u32 *net)
+{
+	__u32 x = net[0] ^ net[1] ^ net[2] ^ net[3];
+
+	return (x ^ (x >> 16)) & 0xffff;
+}
 
 static __always_inline int count(__u32 slot, __u32 what, int verdict)
 {
@@ -208,7 +226,8 @@ int dpagent_filter(struct xdp_md *ctx)
 	void *pos, *l4 = NULL;
 	bool fragment = false;
 	int protocol = -1;
-	__u32 slot, *found, bucket, word, sixteen;
+	__u32 slot, *found, bucket, word, sixteen, net[4];
+	struct dp_v6_net *entry;
 	__u16 ethertype;
 	int i;
 
@@ -243,7 +262,7 @@ int dpagent_filter(struct xdp_md *ctx)
 		found = bpf_map_lookup_elem(&dpagent_v4_16, &sixteen);
 		if (!found || !*found)
 			return count(DP_NO_BLOCK, DP_NOT_BLOCK, XDP_PASS);
-		if (*found == DP_V4_MIXED) {
+		if (*found == DP_ASK_TRIE) {
 			__builtin_memcpy(key.addr, &ip->daddr, 4);
 			found = bpf_map_lookup_elem(&dpagent_v4, &key);
 			if (!found)
@@ -264,10 +283,27 @@ int dpagent_filter(struct xdp_md *ctx)
 		if ((void *)(ip6 + 1) > end || ip6->version != 6)
 			return count(DP_NO_BLOCK, DP_MALFORMED, XDP_PASS);
 		__builtin_memcpy(key.addr, &ip6->daddr, 16);
-		found = bpf_map_lookup_elem(&dpagent_v6, &key);
-		if (!found)
+		net[0] = ((__u32 *)key.addr)[0];
+		net[1] = ((__u32 *)key.addr)[1];
+		net[2] = ((__u32 *)key.addr)[2];
+		net[3] = ((__u32 *)key.addr)[3] & bpf_htonl(~0xfffu);
+		sixteen = v6_fold(net);
+		entry = bpf_map_lookup_elem(&dpagent_v6_116, &sixteen);
+		if (!entry || !entry->value)
 			return count(DP_NO_BLOCK, DP_NOT_BLOCK, XDP_PASS);
-		slot = *found;
+		if (entry->value != DP_ASK_TRIE) {
+			const __u32 *held = (const __u32 *)entry->net;
+
+			/* Another network's entry: no block address is in this one. */
+			if (held[0] != net[0] || held[1] != net[1] || held[2] != net[2] || held[3] != net[3])
+				return count(DP_NO_BLOCK, DP_NOT_BLOCK, XDP_PASS);
+			slot = entry->value - 1;
+		} else {
+			found = bpf_map_lookup_elem(&dpagent_v6, &key);
+			if (!found)
+				return count(DP_NO_BLOCK, DP_NOT_BLOCK, XDP_PASS);
+			slot = *found;
+		}
 		__builtin_memcpy(flow.words, &ip6->saddr, 16);
 		flow.len = 4;
 		l4 = ip6;

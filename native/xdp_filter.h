@@ -17,10 +17,16 @@
 #define DP_OWNED_WORDS 32
 /* Prefixes and single addresses of all blocks, per IP version. */
 #define DP_MAX_PREFIXES 1048576
-/* dpagent_v4_16: one entry per IPv4 /16. 0: no block address in it; slot + 1: all of it
- * is one block's; DP_V4_MIXED: parts of it are, ask the LPM trie. */
+/* The indexes in front of the LPM tries. An entry 0: no block address in its network;
+ * slot + 1: all of it is one block's; DP_ASK_TRIE: parts of it are (or, in the IPv6
+ * index, several networks share the entry): ask the trie. */
+#define DP_ASK_TRIE 0xffffffff
+/* dpagent_v4_16: one entry per IPv4 /16. */
 #define DP_V4_SIXTEENS 65536
-#define DP_V4_MIXED 0xffffffff
+/* dpagent_v6_116: IPv6 /116 networks (the widest a block prefix may be) by a 16-bit fold
+ * of the network (dp_v6_fold), each entry naming the network it holds. */
+#define DP_V6_PREFIXLEN 116
+#define DP_V6_SLOTS 65536
 
 /* dp_block.hash: the fields of agent.core.buckets.HashFields, in that order. */
 #define DP_HASH_SOURCE 0
@@ -51,6 +57,12 @@ struct dp_v4_key {
 struct dp_v6_key {
 	__u32 prefixlen;
 	__u8 addr[16];
+};
+
+/* dpagent_v6_116 value. */
+struct dp_v6_net {
+	__u8 net[16]; /* the /116 network, low 12 bits zero */
+	__u32 value;  /* 0, slot + 1 or DP_ASK_TRIE, as for dpagent_v4_16 */
 };
 
 /* dpagent_blocks value: one block's filter; the agent writes it whole. */

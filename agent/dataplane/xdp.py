@@ -42,6 +42,7 @@ COUNTERS = ("passed", "dropped", "expired", "not_block", "not_cluster_mac", "mal
 HASHES = {HashFields.SOURCE: lib.DP_HASH_SOURCE, HashFields.SOURCE_PORT: lib.DP_HASH_SOURCE_PORT,
           HashFields.SOURCE_PORTS: lib.DP_HASH_SOURCE_PORTS}
 V4_KEY, V6_KEY = ffi.sizeof("struct dp_v4_key"), ffi.sizeof("struct dp_v6_key")
+V6_NET = ffi.sizeof("struct dp_v6_net")
 SIOCETHTOOL, ETHTOOL_GDRVINFO, DRVINFO_SIZE = 0x8946, 0x3, 196
 # Drivers whose native XDP runs on a socket buffer that already has its packet type: the
 # peer's transmit path classified the frame to the cluster MAC as multicast, and after
@@ -114,7 +115,7 @@ def write_members(program: bpf.BpfObject, slot: int, block: Block, add: bool) ->
 def v4_index(loaded: Iterable[tuple[Block, int]]) -> dict[int, int]:
     """The entries of dpagent_v4_16 that are not 0, for these (block, slot) pairs: a /16
     that a prefix of /16 or shorter covers is its block's (slot + 1); a /16 holding a
-    longer prefix or a single address is mixed. Blocks are disjoint (agent.config)."""
+    longer prefix or a single address asks the trie. Blocks are disjoint (agent.config)."""
     index: dict[int, int] = {}
     for block, slot in loaded:
         for prefix in block.prefixes:
@@ -123,20 +124,68 @@ def v4_index(loaded: Iterable[tuple[Block, int]]) -> dict[int, int]:
                 if prefix.prefixlen <= 16:
                     index.update(dict.fromkeys(range(first, first + (1 << (16 - prefix.prefixlen))), slot + 1))
                 else:
-                    index[first] = lib.DP_V4_MIXED
+                    index[first] = lib.DP_ASK_TRIE
         for address in block.addresses:
             if address.version == 4:
-                index[int(address) >> 16] = lib.DP_V4_MIXED
+                index[int(address) >> 16] = lib.DP_ASK_TRIE
     return index
 
 
-def write_index(program: bpf.BpfObject, before: dict[int, int], after: dict[int, int]) -> None:
-    """Change dpagent_v4_16 from `before` to `after` (entries absent are 0)."""
-    changed = {k: v for k, v in after.items() if before.get(k) != v} | {k: 0 for k in before if k not in after}
-    if changed:
-        keys = struct.pack(f"={len(changed)}I", *changed)
-        bpf.update_many(program.map_fd("dpagent_v4_16"), keys, 4, struct.pack(f"={len(changed)}I",
-                                                                              *changed.values()), 4)
+def v6_fold(net: bytes) -> int:
+    """The dpagent_v6_116 entry of a /116 network, as the program's v6_fold computes it
+    from the network's words loaded in CPU byte order."""
+    a, b, c, d = struct.unpack("=4I", net)
+    x = a ^ b ^ c ^ d
+    return (x ^ (x >> 16)) & 0xFFFF
+
+
+def v6_index(loaded: Iterable[tuple[Block, int]]) -> dict[int, tuple[bytes, int]]:
+    """The entries of dpagent_v6_116 that are not 0, as (network, value): a /116 prefix
+    is its block's (slot + 1); a /116 holding a longer prefix or a single address, and
+    an entry two networks fold to, ask the trie."""
+    index: dict[int, tuple[bytes, int]] = {}
+
+    def put(net: bytes, value: int) -> None:
+        held = index.setdefault(v6_fold(net), (net, value))
+        if held[0] != net:
+            index[v6_fold(net)] = (bytes(16), lib.DP_ASK_TRIE)
+        elif held[1] != value:
+            index[v6_fold(net)] = (net, lib.DP_ASK_TRIE)
+
+    for block, slot in loaded:
+        for prefix in block.prefixes:
+            if prefix.version == 6:
+                if prefix.prefixlen <= lib.DP_V6_PREFIXLEN:
+                    for net in prefix.subnets(new_prefix=lib.DP_V6_PREFIXLEN):
+                        put(net.network_address.packed, slot + 1)
+                else:
+                    put(prefix.supernet(new_prefix=lib.DP_V6_PREFIXLEN).network_address.packed, lib.DP_ASK_TRIE)
+        for address in block.addresses:
+            if address.version == 6:
+                put((int(address) & ~0xFFF).to_bytes(16, "big"), lib.DP_ASK_TRIE)
+    return index
+
+
+def _changed(before: dict, after: dict, empty) -> dict:
+    return {k: v for k, v in after.items() if before.get(k) != v} | {k: empty for k in before if k not in after}
+
+
+def write_index(program: bpf.BpfObject, before: tuple[dict, dict], after: tuple[dict, dict]) -> None:
+    """Change the /16 and /116 indexes from `before` to `after` ((v4_index, v6_index);
+    entries absent are 0)."""
+    v4 = _changed(before[0], after[0], 0)
+    v6 = _changed(before[1], after[1], (bytes(16), 0))
+    if v4:
+        bpf.update_many(program.map_fd("dpagent_v4_16"), struct.pack(f"={len(v4)}I", *v4), 4,
+                        struct.pack(f"={len(v4)}I", *v4.values()), 4)
+    if v6:
+        bpf.update_many(program.map_fd("dpagent_v6_116"), struct.pack(f"={len(v6)}I", *v6), 4,
+                        b"".join(struct.pack("=16sI", net, value) for net, value in v6.values()), V6_NET)
+
+
+def indexes(loaded: Iterable[tuple[Block, int]]) -> tuple[dict, dict]:
+    pairs = list(loaded)
+    return v4_index(pairs), v6_index(pairs)
 
 
 def load_block(program: bpf.BpfObject, slot: int, block: Block, interface_mac: str) -> object:
@@ -145,7 +194,7 @@ def load_block(program: bpf.BpfObject, slot: int, block: Block, interface_mac: s
     entry = block_entry(block, interface_mac)
     bpf.update(program.map_fd("dpagent_blocks"), ffi.new("uint32_t *", slot), entry)
     write_members(program, slot, block, add=True)
-    write_index(program, {}, v4_index([(block, slot)]))
+    write_index(program, ({}, {}), indexes([(block, slot)]))
     return entry
 
 
@@ -169,7 +218,7 @@ class XdpFilter:
         self.loaded: dict[str, Block] = {}
         self.slots: dict[str, int] = {}
         self._entries: dict[str, object] = {}
-        self._index: dict[int, int] = {}
+        self._index: tuple[dict, dict] = ({}, {})
         self.owned: dict[str, int] = {}
         # interface -> attach mode ("native", "generic")
         self.attached: dict[str, str] = {}
@@ -264,8 +313,8 @@ class XdpFilter:
             raise bpf.BpfError(0, problem)
 
     def _sync_index(self) -> None:
-        """The /16 index as the loaded blocks want it."""
-        after = v4_index((b, self.slots[name]) for name, b in self.loaded.items())
+        """The indexes as the loaded blocks want them."""
+        after = indexes((b, self.slots[name]) for name, b in self.loaded.items())
         write_index(self._program(), self._index, after)
         self._index = after
 

@@ -29,8 +29,8 @@ BUCKETS, SEED = 16, 0x5EED
 BLOCK = Block(
     name="ext", interface="unused0",
     prefixes=(ipaddress.ip_network("198.18.0.0/15"), ipaddress.ip_network("198.51.100.0/24"),
-              ipaddress.ip_network("2001:db8:5::/120")),
-    addresses=(ipaddress.ip_address("203.0.113.7"),),
+              ipaddress.ip_network("2001:db8:5::/120"), ipaddress.ip_network("2001:db8:7::1000/116")),
+    addresses=(ipaddress.ip_address("203.0.113.7"), ipaddress.ip_address("2001:db8:6::7")),
     l2=L2Config(mode="cluster-mac", cluster_mac=CLUSTER_MAC, buckets=BUCKETS,
                 hash="sourceip-sourceport-destport", hash_seed=SEED, backend="xdp"))
 VIP4, VIP6, LOOSE4 = "198.51.100.20", "2001:db8:5::20", "203.0.113.7"
@@ -75,8 +75,8 @@ def tcp4(src: str, dst: str = VIP4, **ip) -> bytes:
     return bytes(eth() / IP(src=src, dst=dst, **ip) / TCP(sport=SPORT, dport=DPORT))
 
 
-def tcp6(src: str, *ext) -> bytes:
-    packet = IPv6(src=src, dst=VIP6)
+def tcp6(src: str, *ext, dst: str = VIP6) -> bytes:
+    packet = IPv6(src=src, dst=dst)
     for header in ext:
         packet = packet / header
     return bytes(eth() / packet / TCP(sport=SPORT, dport=DPORT))
@@ -161,8 +161,15 @@ CASES = [
          XDP_PASS, "passed"),
     Case("ICMPv6 echo: hashed on the address", bytes(eth() / IPv6(src=ADDRESS_ONLY6, dst=VIP6) /
                                                      ICMPv6EchoRequest()), XDP_PASS, "passed"),
-    Case("IPv6 to no block address", bytes(eth() / IPv6(src=OWNED6, dst="2001:db8:6::1") / TCP()),
+    Case("IPv6 to no block address", bytes(eth() / IPv6(src=OWNED6, dst="2001:db8:8::1") / TCP()),
          XDP_PASS, "not_block", "none"),
+    Case("IPv6 to a /116 of the block (the /116 index alone), owned", tcp6(OWNED6, dst="2001:db8:7::1abc"),
+         XDP_PASS, "passed"),
+    Case("IPv6 to a /116 of the block, not owned", tcp6(UNOWNED6, dst="2001:db8:7::1001"), XDP_DROP, "dropped"),
+    Case("IPv6 next to the /116", tcp6(OWNED6, dst="2001:db8:7::2001"), XDP_PASS, "not_block", "none"),
+    Case("IPv6 single address of the block", tcp6(OWNED6, dst="2001:db8:6::7"), XDP_PASS, "passed"),
+    Case("IPv6 beside a single address, in its /116", tcp6(OWNED6, dst="2001:db8:6::8"), XDP_PASS, "not_block",
+         "none"),
     # (A frame shorter than an Ethernet header: BPF_PROG_TEST_RUN refuses it, EINVAL.)
     Case("802.1Q tag cut short", bytes(eth() / Dot1Q(vlan=7) / IP(src=OWNED4, dst=VIP4))[:17],
          XDP_PASS, "malformed", "none"),

@@ -43,7 +43,27 @@ def test_owned_buckets_are_bits_of_the_bitmap() -> None:
 def test_the_16_index_names_whole_16s_and_sends_the_rest_to_the_trie() -> None:
     wide = Block(name="wide", interface="eth1", prefixes=(ipaddress.ip_network("10.0.0.0/14"),), addresses=())
     index = xdp.v4_index([(BLOCK, 0), (wide, 5)])
-    mixed = xdp.lib.DP_V4_MIXED
+    mixed = xdp.lib.DP_ASK_TRIE
     sixteen = (lambda a: int(ipaddress.ip_address(a)) >> 16)
     assert index == {sixteen("198.51.0.0"): mixed, sixteen("203.0.0.0"): mixed,
                      **{sixteen(f"10.{i}.0.0"): 6 for i in range(4)}}
+
+
+def test_the_116_index_names_whole_116s_and_sends_the_rest_to_the_trie() -> None:
+    net = ipaddress.ip_address("2001:db8:5::").packed
+    loose = ipaddress.ip_address("2001:db8::").packed
+    assert xdp.v6_index([(BLOCK, 2)]) == {xdp.v6_fold(net): (net, xdp.lib.DP_ASK_TRIE),
+                                          xdp.v6_fold(loose): (loose, xdp.lib.DP_ASK_TRIE)}
+    whole = Block(name="w", interface="eth1", prefixes=(ipaddress.ip_network("2001:db8:9::1000/116"),), addresses=())
+    nine = ipaddress.ip_address("2001:db8:9::1000").packed
+    assert xdp.v6_index([(whole, 4)]) == {xdp.v6_fold(nine): (nine, 5)}
+
+
+def test_two_networks_that_fold_alike_ask_the_trie() -> None:
+    first = ipaddress.ip_network("2001:db8:9::1000/116")
+    # The same fold: the second network's words xor to the first's.
+    second = ipaddress.ip_network(f"{ipaddress.ip_address(int(first.network_address) ^ (0x10001 << 96))}/116")
+    assert xdp.v6_fold(first.network_address.packed) == xdp.v6_fold(second.network_address.packed)
+    blocks = [(Block(name=str(i), interface="eth1", prefixes=(net,), addresses=()), i)
+              for i, net in enumerate((first, second))]
+    assert xdp.v6_index(blocks) == {xdp.v6_fold(first.network_address.packed): (bytes(16), xdp.lib.DP_ASK_TRIE)}
