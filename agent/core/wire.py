@@ -1,4 +1,4 @@
-"""Heartbeat frame codec: a fixed 64-byte, HMAC-SHA256 authenticated datagram.
+"""Heartbeat frame codec: an HMAC-SHA256 authenticated datagram, 64 bytes in version 1.
 
 The one idea: every byte that arrives is hostile. `decode` either returns a
 `Frame` whose fields are all in range or raises `FrameError` with one reason
@@ -15,9 +15,16 @@ Layout, big-endian (32-byte header, then the MAC over that header):
     6  priority u8
     7  flags   u8  (bit 0 YIELD: "I will not take over while another can")
 
+Version 2 (a node with active/active blocks) puts the ownership views of its
+blocks (agent.core.views) between the header and the MAC, which then covers
+both; at most MAX_FRAME_SIZE bytes, so that a frame is never fragmented. A
+frame without views is sent as version 1, and both are accepted, so nodes can
+be upgraded one at a time.
+
 Magic, version and key id are checked before the MAC (they are needed to
-pick the key); type and field ranges after it, so an unauthenticated sender
-can only ever cause "short", "long", "magic", "version", "key_id" or "auth".
+pick the key); type, field ranges and views after it, so an unauthenticated
+sender can only ever cause "short", "long", "magic", "version", "key_id" or
+"auth".
 """
 
 from __future__ import annotations
@@ -29,12 +36,16 @@ from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
 from agent.core.states import State
+from agent.core.views import BlockView, decode_views, encode_views
 
 MAGIC = b"DP"
 VERSION = 1
+VERSION_VIEWS = 2
 _HEADER = struct.Struct(">2sBBBBBBIIQQ")
 MAC_SIZE = 32
 FRAME_SIZE = _HEADER.size + MAC_SIZE
+# An IPv6 datagram that fits a 1,500-byte MTU unfragmented.
+MAX_FRAME_SIZE = 1500 - 40 - 8
 
 FLAG_YIELD = 0x01
 _KNOWN_FLAGS = FLAG_YIELD
@@ -42,7 +53,7 @@ _KNOWN_FLAGS = FLAG_YIELD
 MIN_INTERVAL_US = 1_000
 MAX_INTERVAL_US = 60_000_000
 
-REASONS = frozenset({"short", "long", "magic", "version", "type", "key_id", "auth", "field"})
+REASONS = frozenset({"short", "long", "magic", "version", "type", "key_id", "auth", "field", "views"})
 
 
 class FrameType(IntEnum):
@@ -97,6 +108,8 @@ class Frame:
     epoch: int
     seq: int
     flags: int = 0
+    # Ownership views of active/active blocks (version 2 only).
+    views: tuple[BlockView, ...] = ()
 
     @property
     def advert_interval(self) -> float:
@@ -124,30 +137,37 @@ def encode(frame: Frame, keyring: KeyRing) -> bytes:
     """Serialise and sign with the ring's first key."""
     if not _fields_valid(frame):
         raise ValueError(f"frame field out of range: {frame}")
-    header = _HEADER.pack(
-        MAGIC, VERSION, frame.kind, keyring.send_id, frame.state, frame.priority,
-        frame.flags, frame.node_id, frame.advert_interval_us, frame.epoch, frame.seq,
-    )
-    return header + _mac(keyring.get(keyring.send_id) or b"", header)
+    signed = _HEADER.pack(
+        MAGIC, VERSION_VIEWS if frame.views else VERSION, frame.kind, keyring.send_id, frame.state,
+        frame.priority, frame.flags, frame.node_id, frame.advert_interval_us, frame.epoch, frame.seq,
+    ) + (encode_views(frame.views) if frame.views else b"")
+    if len(signed) + MAC_SIZE > MAX_FRAME_SIZE:
+        raise ValueError(f"a frame of {len(signed) + MAC_SIZE} bytes is over {MAX_FRAME_SIZE}")
+    return signed + _mac(keyring.get(keyring.send_id) or b"", signed)
 
 
 def decode(data: bytes, keyring: KeyRing) -> Frame:
     """Parse and authenticate one datagram; raises only FrameError."""
     if len(data) < FRAME_SIZE:
         raise FrameError("short")
-    if len(data) > FRAME_SIZE:
+    if len(data) > MAX_FRAME_SIZE:
         raise FrameError("long")
-    header, mac = bytes(data[: _HEADER.size]), bytes(data[_HEADER.size :])
+    data = bytes(data)
     (magic, version, kind, key_id, state, priority, flags,
-     node_id, interval_us, epoch, seq) = _HEADER.unpack(header)
+     node_id, interval_us, epoch, seq) = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise FrameError("magic")
-    if version != VERSION:
+    if version not in (VERSION, VERSION_VIEWS):
         raise FrameError("version")
+    if version == VERSION and len(data) > FRAME_SIZE:
+        raise FrameError("long")
+    if version == VERSION_VIEWS and len(data) == FRAME_SIZE:
+        raise FrameError("short")
     key = keyring.get(key_id)
     if key is None:
         raise FrameError("key_id")
-    if not hmac.compare_digest(mac, _mac(key, header)):
+    signed, mac = data[:-MAC_SIZE], data[-MAC_SIZE:]
+    if not hmac.compare_digest(mac, _mac(key, signed)):
         raise FrameError("auth")
     if kind not in FrameType._value2member_map_:
         raise FrameError("type")
@@ -156,6 +176,12 @@ def decode(data: bytes, keyring: KeyRing) -> Frame:
     frame = Frame(FrameType(kind), node_id, State(state), priority, interval_us, epoch, seq, flags)
     if not _fields_valid(frame):
         raise FrameError("field")
+    if version == VERSION_VIEWS:
+        try:
+            views = decode_views(signed[_HEADER.size:], node_id, epoch)
+        except ValueError:
+            raise FrameError("views") from None
+        frame = Frame(frame.kind, node_id, frame.state, priority, interval_us, epoch, seq, flags, views)
     return frame
 
 
