@@ -43,10 +43,19 @@ class Announce:
 
 
 @dataclass(frozen=True)
+class OwnBuckets:
+    """An active/active block held here: accept exactly these flow buckets of it now."""
+
+    name: str
+    buckets: frozenset[int]
+    reason: str
+
+
+@dataclass(frozen=True)
 class StateChanged:
     old: State
     new: State
     reason: str
 
 
-Action = SendFrame | TakeBlock | ReleaseBlock | Announce | StateChanged
+Action = SendFrame | TakeBlock | ReleaseBlock | Announce | OwnBuckets | StateChanged

@@ -35,6 +35,7 @@ REANNOUNCE_EVERY: the neighbours may have followed the other node meanwhile.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -47,6 +48,7 @@ from agent.core.limits import (
 )
 from agent.core.links import NO_CARRIER
 from agent.core.loss import LossEstimate, dead_multiplier
+from agent.core.sharing import SharedBlock, Sharing
 from agent.core.states import State
 from agent.core.wire import (
     FLAG_YIELD, Frame, FrameError, FrameType, KeyRing,
@@ -167,9 +169,13 @@ class _Peer:
 class Node:
     """One node's election state machine; see the module docstring."""
 
-    def __init__(self, config: ElectionConfig, keys: KeyRing, epoch: int, blocks: tuple[str, ...] = ()) -> None:
+    def __init__(self, config: ElectionConfig, keys: KeyRing, epoch: int, blocks: tuple[str, ...] = (),
+                 sharing: Sharing | None = None) -> None:
         self._config = config
         self._blocks = tuple(blocks)
+        # Active/active blocks: held while this node serves, buckets by ownership.
+        self._sharing = sharing
+        self._share_after = float("inf")
         self._keys = keys
         self._epoch = epoch
         self._seq = 0
@@ -241,6 +247,8 @@ class Node:
         known = self._peers.get(frame.node_id)
         returned = known is not None and not self._live(known, now)
         peer = self._learn(frame, link, now)
+        if self._sharing is not None:
+            self._sharing.hear(frame.node_id, frame.views)
         self._react(peer, now)
         if self._state is State.MASTER and (returned or frame.kind is FrameType.RESIGN):
             # It may have held the blocks where we could not hear it, and told the
@@ -248,6 +256,7 @@ class Node:
             self._reannounce(f"heal: peer {peer.node_id} heard again" if returned
                              else f"heal: peer {peer.node_id} resigned", now)
         self._evaluate(now)
+        self._share(f"heard node {frame.node_id}", now)
 
     def receive(self, event: Event, now: float) -> None:
         self._now = now
@@ -261,6 +270,7 @@ class Node:
             self._on_admin(event.verb, now)
         elif isinstance(event, Shutdown):
             self._fire(Input.SHUTDOWN, "shutdown", now)
+        self._share(type(event).__name__, now)
 
     def handle_timer(self, now: float) -> None:
         self._now = now
@@ -275,6 +285,7 @@ class Node:
             following = self._next_advert + self._config.advert_interval
             self._next_advert = following if following > now else now + self._config.advert_interval
         self._evaluate(now)
+        self._share("timer", now)
 
     def set_keys(self, keys: KeyRing) -> None:
         """Key rotation on reload: frames are sent with the new first key from now on."""
@@ -290,10 +301,23 @@ class Node:
         self._actions.extend(ReleaseBlock(name, "reload: block removed") for name in old if name not in blocks)
         self._actions.extend(TakeBlock(name, "reload: block added") for name in blocks if name not in old)
 
+    def buckets_applied(self, name: str, buckets: Collection[int]) -> None:
+        """The kernel accepts exactly these buckets of active/active block `name` now."""
+        if self._sharing is not None:
+            self._sharing.applied(name, buckets)
+
+    def set_shared_blocks(self, blocks: Collection[SharedBlock], now: float) -> None:
+        """The configured active/active blocks changed (reload)."""
+        if self._sharing is not None:
+            self._actions.extend(self._sharing.set_blocks(blocks))
+            self._share("reload", now)
+
     def get_timer(self) -> float | None:
         if self._state is State.INIT:
             return None
-        times = [t for t in (self._next_advert, self._takeover_deadline(), self._duplicate_ends()) if t is not None]
+        share = self._share_after if self._sharing is not None and self._share_after > self._now else None
+        times = [t for t in (self._next_advert, self._takeover_deadline(), self._duplicate_ends(), share)
+                 if t is not None]
         return min(times) if times else None
 
     def actions(self) -> list[Action]:
@@ -329,9 +353,13 @@ class Node:
             self._actions.extend(TakeBlock(name, reason) for name in self._blocks)
         if new is State.BACKUP:
             self._quiet_until = now + self._config.dead_interval
+        if new is State.BACKUP and old in (State.INIT, State.FAULT):
+            # Out of touch until now: hear every peer's view before claiming a bucket.
+            self._share_after = now + self._config.dead_interval
         if old is not State.MASTER:
             self._send(FrameType.ADVERT)
         self._next_advert = now + self._config.advert_interval
+        self._share(reason, now)
 
     # -- inputs -------------------------------------------------------------
 
@@ -527,6 +555,16 @@ class Node:
         if now >= self._preempt_since + cfg.preempt_delay:
             self._fire(Input.PREEMPT, f"preempt: {cfg.node_id} outranks master {master.node_id}", now)
 
+    # -- active/active -------------------------------------------------------
+
+    def _share(self, reason: str, now: float) -> None:
+        """Let the active/active blocks decide with who is live now, and whether we serve."""
+        if self._sharing is None:
+            return
+        live = {p.node_id for p in self._peers.values() if self._live(p, now)}
+        serving = self._state in (State.BACKUP, State.MASTER) and now >= self._share_after
+        self._actions.extend(self._sharing.step(live, serving, reason))
+
     # -- output -------------------------------------------------------------
 
     def _send(self, kind: FrameType) -> None:
@@ -535,6 +573,7 @@ class Node:
             kind=kind, node_id=cfg.node_id, state=self._state, priority=cfg.priority,
             advert_interval_us=round(cfg.advert_interval * 1e6), epoch=self._epoch,
             seq=self._seq, flags=FLAG_YIELD if self._suppressed else 0,
+            views=self._sharing.views() if self._sharing is not None else (),
         )
         self._seq += 1
         self._counters["frames_sent"] += 1

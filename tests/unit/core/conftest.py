@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from agent.core.actions import ReleaseBlock, SendFrame, StateChanged, TakeBlock
+from agent.core.actions import OwnBuckets, ReleaseBlock, SendFrame, StateChanged, TakeBlock
 from agent.core.election import ElectionConfig, Node
+from agent.core.sharing import SharedBlock, Sharing
 from agent.core.events import CarrierLost, Event, LinkChanged, LinkRole, LoopStalled, Shutdown
 from agent.core.states import State
 from agent.core.wire import FrameType, KeyRing, decode
@@ -77,6 +78,8 @@ class Member:
     backlog: list[_Flight | Event] = field(default_factory=list)  # read after the stall, in order
     links: dict[str, bool] = field(default_factory=dict)
     holds: set[str] = field(default_factory=set)
+    # Active/active blocks: the buckets the kernel accepts, as the runtime applied them.
+    buckets: dict[str, frozenset[int]] = field(default_factory=dict)
     term: int = 0
     epochs: int = 1
     newest: dict[int, tuple[int, int]] = field(default_factory=dict)
@@ -84,8 +87,10 @@ class Member:
 
 class Cluster:
     def __init__(self, configs: list[ElectionConfig], latency: float = 0.001,
-                 keys: KeyRing = KEYS, seed: int = 0, direct_cables: bool = False) -> None:
+                 keys: KeyRing = KEYS, seed: int = 0, direct_cables: bool = False,
+                 shared: tuple[SharedBlock, ...] = ()) -> None:
         self.now = 0.0
+        self.shared = shared
         self.latency = latency
         self.loss = 0.0
         self.jitter = 0.0
@@ -103,7 +108,8 @@ class Cluster:
 
     def _member(self, config: ElectionConfig, epoch: int) -> Member:
         links = {name: True for name in HEARTBEATS} | {BLOCK: True}
-        return Member(config, Node(config, self.keys, epoch, BLOCK_NAMES), links=links)
+        sharing = Sharing(config.node_id, epoch, self.shared) if self.shared else None
+        return Member(config, Node(config, self.keys, epoch, BLOCK_NAMES, sharing), links=links)
 
     # -- driving ----------------------------------------------------------
 
@@ -145,6 +151,7 @@ class Cluster:
         dark = self._dark_ports()
         member.up = False
         member.holds = set()
+        member.buckets = {}
         self._carrier_changed(dark, node_id)
 
     def restart(self, node_id: int, graceful: bool = True) -> None:
@@ -268,11 +275,16 @@ class Cluster:
             elif isinstance(action, ReleaseBlock):
                 assert action.name in member.holds, f"node {node_id}: ReleaseBlock {action.name} without TakeBlock"
                 member.holds.discard(action.name)
+            elif isinstance(action, OwnBuckets):
+                assert action.name in member.holds, f"node {node_id}: buckets of {action.name}, not held"
+                member.buckets[action.name] = action.buckets
+                member.node.buckets_applied(action.name, action.buckets)
             elif isinstance(action, StateChanged):
                 if action.new is State.MASTER:
                     member.term += 1
                 self.log.append((self.now, node_id, action))
-        assert member.holds == (set(BLOCK_NAMES) if member.node.state is State.MASTER else set()), node_id
+        shared = {b.name for b in self.shared}
+        assert member.holds - shared == (set(BLOCK_NAMES) if member.node.state is State.MASTER else set()), node_id
 
     def _send(self, src: int, data: bytes) -> None:
         sender = self.members[src]
