@@ -258,10 +258,10 @@ class Lab:
                      preempt_delay: float = 0.0, advert_interval: float = 0.05,
                      key_hex: str = KEY_HEX, block: str = BLOCK_V4, block_v6: bool | str = False,
                      announce: str = "", heartbeat: str = "group", l2: str = "garp",
-                     backend: str = "nft") -> Path:
+                     backend: str = "nft", shared: bool = False) -> Path:
         """An agent configuration for fw<node>; `announce` is extra TOML for the block;
         `l2` its L2 mode (vmac: VRID 51; cluster-mac: one cluster MAC per block, its
-        filter in `backend`, "nft" or "xdp");
+        filter in `backend`, "nft" or "xdp"; `shared`: the IPv4 block active/active);
         `block_v6` adds the IPv6 block (True: BLOCK_V6, or a prefix inside it);
         `heartbeat` is "group" (IPv4 multicast), "group6" (IPv6 link-local multicast)
         or "unicast" (the peer's hb addresses)."""
@@ -307,6 +307,7 @@ port = {HB_PORT}
 name = "ext"
 interface = "ext0"
 prefixes = ["{block}"]
+mode = "{"active-active" if shared else "active-passive"}"
 {announce}
 {self._l2(l2, 1, backend)}
 {v6_block}""")

@@ -35,6 +35,8 @@ class _Draft:
     announce: AnnounceConfig | None
     l2: L2Config | None = None
     where: str = ""
+    mode: str = "active-passive"
+    weight: float = 1.0
 
 
 def build_blocks(tables: list[dict] | None, base: Path, errors: list[ConfigError]) -> tuple[Block, ...] | None:
@@ -61,7 +63,11 @@ def _draft(index: int, table: dict, base: Path, errors: list[ConfigError], budge
     name = t.value("name")
     interface = t.value("interface")
     before = len(errors)
-    draft = _Draft(index, name or "", interface, {}, {}, _announce(t), _l2(t), t.where)  # type: ignore[arg-type]
+    draft = _Draft(index, name or "", interface, {}, {}, _announce(t), _l2(t), t.where,  # type: ignore[arg-type]
+                   t.value("mode") or "active-passive", t.value("weight") or 1.0)
+    if draft.mode == "active-active" and (draft.l2 or L2Config()).mode != "cluster-mac":
+        errors.append(ConfigError(t.key("mode"), draft.mode,
+                                  "needs [block.l2] mode cluster-mac: every node must receive the block's frames"))
     for key, text in t.strings("prefixes"):
         net = parse_prefix(text)
         if isinstance(net, str):
@@ -311,7 +317,8 @@ def _finish(draft: _Draft) -> Block:
     if l2.mode == "vmac":
         version = (prefixes or addresses)[0].version
         l2 = replace(l2, vmac=f"{VMAC_PREFIX[version]}:{l2.vrid:02x}", device=f"dpv{version}-{l2.vrid}")
-    return Block(draft.name, draft.interface, prefixes, addresses, draft.announce, l2)  # type: ignore[arg-type]
+    return Block(draft.name, draft.interface, prefixes, addresses, draft.announce, l2,  # type: ignore[arg-type]
+                 draft.mode, draft.weight)
 
 
 def _sort_key(item: IPAddress | IPNetwork) -> tuple[int, int]:

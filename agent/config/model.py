@@ -95,6 +95,13 @@ class Block:
     addresses: tuple[IPAddress, ...]
     announce: AnnounceConfig = AnnounceConfig()
     l2: L2Config = L2Config()
+    mode: str = default("block", "mode")
+    weight: float = default("block", "weight")
+
+    @property
+    def shared(self) -> bool:
+        """Active/active: held by every live node, its buckets split between them."""
+        return self.mode == "active-active"
 
     @property
     def address_interface(self) -> str:

@@ -186,6 +186,14 @@ _BLOCK = (
         "frames from the virtual MAC (vmac)."),
     Key("l2", TABLE, None, None,
         "How neighbours reach the block's holder, and so what a takeover costs on the wire."),
+    Key("mode", STRING, ("active-passive", "active-active"), "active-passive",
+        '"active-passive": the master holds the block, the others stand by. "active-active": '
+        "every live node holds it and accepts the flows of its own share of the block's flow "
+        "buckets; a node that dies or leaves hands only its own buckets to the others. Needs "
+        "[block.l2] mode cluster-mac."),
+    Key("weight", NUMBER, (0.001, 1000.0), 1.0,
+        "With mode active-active: this node's share of the block's buckets, relative to the "
+        "other nodes' weights."),
 )
 
 # VRRP's virtual router MACs (RFC 5798): 00:00:5e:00:01:VRID for IPv4, 00:00:5e:00:02:VRID for IPv6.

@@ -630,4 +630,5 @@ class Node:
             },
             "last_transition": last,
             "next_timer_in_s": None if timer is None else round(timer - now, 6),
+            "shared": self._sharing.snapshot() if self._sharing is not None else {},
         }

@@ -29,15 +29,17 @@ class Step:
     announces: bool = False
     modes: frozenset[str] = L2_MODES
     backends: frozenset[str] = BACKENDS
+    # The facility that holds a block's flow buckets (active/active moves them one by one).
+    owns_buckets: bool = False
 
 
 TAKEOVER: tuple[Step, ...] = (
     Step("gate", before_traffic=True),                      # nftables: the block's lease, opened
     Step("vmac", before_traffic=True, modes=frozenset({"vmac"})),            # the virtual MAC's macvlan up
     Step("buckets", before_traffic=True, modes=frozenset({"cluster-mac"}),   # cluster MAC: flow buckets owned,
-         backends=frozenset({"nft"})),                                         # in the netdev filter
+         backends=frozenset({"nft"}), owns_buckets=True),                      # in the netdev filter
     Step("xdp", before_traffic=True, modes=frozenset({"cluster-mac"}),       # or in the XDP filter
-         backends=frozenset({"xdp"})),
+         backends=frozenset({"xdp"}), owns_buckets=True),
     Step("addresses", before_traffic=True),                 # AnyIP routes, IPv6 interface addresses
     Step("announce", before_traffic=False, announces=True,  # GARP / unsolicited NA rounds; from the vmac
          modes=frozenset({"garp", "vmac"})),

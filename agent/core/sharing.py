@@ -109,9 +109,10 @@ class Sharing:
         return actions
 
     def snapshot(self) -> dict:
-        return {name: {"buckets": own.buckets, "weight": own.weight, "generation": own.generation,
-                       "owned": sorted(own.owned), "claiming": sorted(own.claiming), "moves": own.moves,
-                       "applied": sorted(self._applied.get(name, ())),
-                       "peers": {str(p): {"generation": v.generation, "owned": len(v.owned), "weight": v.weight}
-                                 for p, v in sorted(own.peers.items())}}
-                for name, own in sorted(self._blocks.items())} | {"unknown_views": self.unknown_views}
+        return {"serving": self.serving, "unknown_views": self.unknown_views, "blocks": {
+            name: {"buckets": own.buckets, "weight": own.weight, "generation": own.generation,
+                   "owned": sorted(own.owned), "claiming": sorted(own.claiming), "moves": own.moves,
+                   "applied": sorted(self._applied.get(name, ())),
+                   "peers": {str(p): {"generation": v.generation, "owned": len(v.owned), "weight": v.weight}
+                             for p, v in sorted(own.peers.items())}}
+            for name, own in sorted(self._blocks.items())}}

@@ -116,8 +116,9 @@ class ClusterFilter(KernelHandles):
             return None
         return sorted(b for reply in replies for b in clusterset.owned_buckets(reply.attrs))
 
-    def repair(self, block: Block) -> StepResult:
-        """A held block's filter, MAC filter entry and buckets, put back if someone removed them."""
+    def repair(self, block: Block, wanted: list[int]) -> StepResult:
+        """A held block's filter, MAC filter entry and buckets (`wanted`), put back if someone
+        removed them."""
         result = StepResult()
         started = time.perf_counter()
         owned = self.kernel_owned(block)
@@ -128,8 +129,8 @@ class ClusterFilter(KernelHandles):
         elif not maddr.listed(block.interface, block.l2.cluster_mac):
             result.problem = maddr.change(block.interface, block.l2.cluster_mac, add=True)
             result.applied += result.problem is None
-        if result.problem is None and owned != _all_buckets(block):
-            owning = self.own(block, _all_buckets(block))
+        if result.problem is None and owned != wanted:
+            owning = self.own(block, wanted)
             result.problem = owning.problem
             result.applied += owning.problem is None
         result.seconds = time.perf_counter() - started
@@ -164,6 +165,8 @@ class ClusterStep:
         self._worker = worker
         self._filter = ClusterFilter()
         self._leftovers: dict = {}
+        # Active/active blocks: the buckets the core gave this node.
+        self._shares: dict[str, frozenset[int]] = {}
 
     async def _run(self, func, *args):
         return await asyncio.get_running_loop().run_in_executor(self._worker, func, *args)
@@ -173,8 +176,17 @@ class ClusterStep:
         for name, problem in problems.items():
             log.error("cluster filter of block %s not loaded: %s", name, problem)
 
+    def _wanted(self, block: Block) -> list[int]:
+        """All buckets (active/passive), or the block's share (active/active)."""
+        return sorted(self._shares.get(block.name, ())) if block.shared else _all_buckets(block)
+
     async def take(self, block: Block) -> StepResult:
-        return self._filter.own(block, _all_buckets(block))
+        return self._filter.own(block, self._wanted(block))
+
+    async def own_buckets(self, block: Block, buckets: frozenset[int]) -> StepResult:
+        """An active/active block's share changed: one transaction."""
+        self._shares[block.name] = buckets
+        return self._filter.own(block, sorted(buckets))
 
     async def release(self, block: Block) -> StepResult:
         return self._filter.own(block, [])
@@ -183,7 +195,7 @@ class ClusterStep:
         """The filter matches the block's MAC, not its addresses: nothing to change."""
 
     async def repair(self, block: Block) -> StepResult:
-        return await self._run(self._filter.repair, block)
+        return await self._run(self._filter.repair, block, self._wanted(block))
 
     async def remove_leftovers(self) -> StepResult:
         result = await self._run(self._filter.remove_leftovers)

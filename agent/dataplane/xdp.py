@@ -485,6 +485,8 @@ class XdpStep:
         self._worker = worker
         self._filter = XdpFilter(lease)
         self._leftovers: dict = {}
+        # Active/active blocks: the buckets the core gave this node.
+        self._shares: dict[str, frozenset[int]] = {}
 
     async def _run(self, func, *args):
         return await asyncio.get_running_loop().run_in_executor(self._worker, func, *args)
@@ -495,7 +497,14 @@ class XdpStep:
             log.error("XDP filter of block %s not loaded: %s", name, problem)
 
     async def take(self, block: Block) -> StepResult:
-        return self._filter.own(block, range(block.l2.buckets))
+        """All buckets (active/passive), or the block's share (active/active)."""
+        return self._filter.own(block, sorted(self._shares.get(block.name, ())) if block.shared
+                                else range(block.l2.buckets))
+
+    async def own_buckets(self, block: Block, buckets: frozenset[int]) -> StepResult:
+        """An active/active block's share changed: one map write."""
+        self._shares[block.name] = buckets
+        return self._filter.own(block, sorted(buckets))
 
     async def release(self, block: Block) -> StepResult:
         return self._filter.own(block, ())

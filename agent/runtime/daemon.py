@@ -16,8 +16,9 @@ import signal
 import time
 
 from agent.config import Config
-from agent.core.actions import Action, Announce, ReleaseBlock, StateChanged, TakeBlock
+from agent.core.actions import Action, Announce, OwnBuckets, ReleaseBlock, StateChanged, TakeBlock
 from agent.core.election import Node
+from agent.core.sharing import Sharing
 from agent.core.events import CarrierLost, Shutdown
 from agent.core.links import UP, heartbeat_usable, link_events
 from agent.core.wire import KeyRing
@@ -29,7 +30,7 @@ from agent.runtime.heartbeat import HeartbeatPort
 from agent.runtime.linkmon import LinkMonitor, read_links
 from agent.runtime.notify import Notifier
 from agent.runtime.pump import CorePump
-from agent.runtime.reconfigure import Configuration
+from agent.runtime.reconfigure import Configuration, active_passive, shared_blocks
 from agent.runtime.runner import StepRunner
 from agent.runtime.scheduling import raise_loop_priority
 from agent.runtime.transitions import History
@@ -45,7 +46,8 @@ class Daemon:
         self.loop = asyncio.get_running_loop()
         epoch, self.epoch_problem = next_epoch(config.node.state_dir, time.time_ns())
         node = Node(config.node.election, KeyRing(config.keys), epoch=epoch,
-                    blocks=tuple(b.name for b in config.blocks))
+                    blocks=active_passive(config.blocks),
+                    sharing=Sharing(config.node.id, epoch, shared_blocks(config.blocks)))
         self.history = History()
         self.notifier = Notifier()
         self.pump = CorePump(self.loop, node, self.history, stall_after=config.node.advert_interval,
@@ -89,6 +91,15 @@ class Daemon:
             self.runner.release([action.name], current)
         elif isinstance(action, Announce):
             self.runner.announce([action.name], current)
+        elif isinstance(action, OwnBuckets):
+            if current is None:
+                state = self.pump.node.state.name
+                current = self.history.begin(state, state, action.reason)
+            self.runner.own(self.configuration.block(action.name), action.buckets, current, self._buckets_applied)
+
+    def _buckets_applied(self, name: str, buckets: frozenset[int]) -> None:
+        """The kernel holds these buckets now: the next frame may say so."""
+        self.pump.node.buckets_applied(name, buckets)
 
     def _ping_watchdog(self, now: float) -> None:
         """WATCHDOG=1 only from the core's own timer: if adverts stop, so do the pings."""

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from concurrent.futures import Executor
 
-from agent.config import Config, ConfigInvalid, format_errors, load_config
+from agent.config import Block, Config, ConfigInvalid, format_errors, load_config
 from agent.core.reload import diff_blocks
+from agent.core.sharing import SharedBlock
 from agent.core.wire import KeyRing
 from agent.runtime.notify import Notifier
 from agent.runtime.pump import CorePump
@@ -24,6 +26,16 @@ from agent.runtime.transitions import History
 log = logging.getLogger("dpagent")
 
 NEEDS_RESTART = ("node", "heartbeat", "control_socket")
+
+
+def active_passive(blocks: Sequence[Block]) -> tuple[str, ...]:
+    """The blocks the election's master holds."""
+    return tuple(b.name for b in blocks if not b.shared)
+
+
+def shared_blocks(blocks: Sequence[Block]) -> tuple[SharedBlock, ...]:
+    """The active/active blocks, as the core's ownership sees them."""
+    return tuple(SharedBlock(b.name, b.l2.buckets, b.weight) for b in blocks if b.shared)
 
 
 class Configuration:
@@ -86,7 +98,8 @@ class Configuration:
             for name in diff.adjusted:
                 runner.adjust(self.block(name), transition)
             # The core decides what an added or removed block means for this node.
-            node.set_blocks(tuple(b.name for b in new.blocks), self._loop.time())
+            node.set_blocks(active_passive(new.blocks), self._loop.time())
+            node.set_shared_blocks(shared_blocks(new.blocks), self._loop.time())
             self._pump.process()
         self.reloads["ok"] += 1
         changed = len(diff.added) + len(diff.removed) + len(diff.adjusted) + len(diff.replaced)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agent.config import Block
@@ -37,11 +37,14 @@ REPAIR_DUTY = 20
 
 @dataclass(frozen=True)
 class _Job:
-    kind: str  # "take", "release", "adjust" or "announce"
+    kind: str  # "take", "release", "adjust", "announce" or "own"
     # The definitions to take or adjust to; for a release or an announcement only the
     # names matter: the definition held is looked up when the job runs.
     blocks: tuple[Block, ...]
     transition: Transition
+    # "own": the buckets, and whom to tell once the kernel holds them.
+    buckets: frozenset[int] = frozenset()
+    applied: Callable[[str, frozenset[int]], None] | None = None
 
 
 class StepRunner:
@@ -88,6 +91,13 @@ class StepRunner:
 
     def announce(self, names: Sequence[str], transition: Transition) -> None:
         self._put("announce", [self.held[n] for n in names if n in self.held], transition)
+
+    def own(self, block: Block, buckets: frozenset[int], transition: Transition,
+            applied: Callable[[str, frozenset[int]], None]) -> None:
+        """An active/active block's buckets, applied in the kernel in order with the other
+        jobs (its take comes first); `applied` is told what the kernel holds afterwards."""
+        self._jobs.append(_Job("own", (block,), transition, buckets, applied))
+        self._signal()
 
     def refresh(self) -> None:
         """Re-arm every facility's lease for the blocks held and still wanted (on the loop)."""
@@ -203,6 +213,20 @@ class StepRunner:
             if block.name in self.wanted:
                 await self._step(job.transition, self.steps[planned.facility], "adjust", block, old)
         self.held[block.name] = block
+
+    async def _own(self, job: _Job) -> None:
+        (named,) = job.blocks
+        block = self.held.get(named.name)
+        if block is None or block.name not in self.wanted or job.applied is None:
+            return
+        for planned in plan.takeover(self.steps, block.l2.mode, block.l2.backend):
+            if planned.owns_buckets:
+                result = None
+                with StepTimer(job.transition, f"own-buckets:{block.name}") as timed:
+                    result = await self.steps[planned.facility].own_buckets(block, job.buckets)
+                    timed.detail, timed.ok = result.as_dict(), result.ok
+                if result is not None and result.ok:
+                    job.applied(block.name, job.buckets)
 
     async def _announce(self, job: _Job) -> None:
         for named in job.blocks:

@@ -12,6 +12,7 @@ def block_status(block: Block, held: Block | None, last_change: dict | None) -> 
         "addresses": block.address_count,
         "prefixes": [str(p) for p in block.prefixes],
         "held": held is not None,
+        "mode": block.mode,
         "l2": {"mode": block.l2.mode, "mac": block.l2.mac,
                "backend": block.l2.backend if block.l2.mode == "cluster-mac" else None},
         # The latest result of each facility's step for this block.

@@ -78,3 +78,14 @@ def test_one_xdp_filter_serves_64_blocks(workdir: Path) -> None:
         f'DIR/dpagent.toml: block[{MAX_XDP_BLOCKS}].l2.backend = "xdp": one XDP filter serves at most '
         f"{MAX_XDP_BLOCKS} blocks")
     load_config(write(workdir, with_blocks(*blocks[:MAX_XDP_BLOCKS])))
+
+
+def test_active_active_needs_a_cluster_mac_and_carries_a_weight(workdir: Path) -> None:
+    line = one_error(workdir, with_blocks({"name": "a", "interface": "eth1", "addresses": ["192.0.2.10"],
+                                           "mode": "active-active"}))
+    assert line == ('DIR/dpagent.toml: block[0].mode = "active-active": needs [block.l2] mode cluster-mac: '
+                    "every node must receive the block's frames")
+    config = load_config(write(workdir, with_blocks({**block("a", ["192.0.2.10"], mode="cluster-mac"),
+                                                     "mode": "active-active", "weight": 2.5},
+                                                    block("b", ["192.0.2.11"]))))
+    assert [(b.shared, b.weight) for b in config.blocks] == [(True, 2.5), (False, 1.0)]
