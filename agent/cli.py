@@ -95,6 +95,78 @@ def render_status(status: dict) -> str:
     return "\n".join(lines)
 
 
+def _runs(owners: list[list[int]]) -> list[tuple[int, int, list[int]]]:
+    """Consecutive buckets with the same owners, as (first, last, owners)."""
+    runs: list[tuple[int, int, list[int]]] = []
+    for b, held in enumerate(owners):
+        if runs and runs[-1][2] == held and runs[-1][1] == b - 1:
+            runs[-1] = (runs[-1][0], b, held)
+        else:
+            runs.append((b, b, held))
+    return runs
+
+
+def shared_blocks(status: dict, name: str | None) -> dict[str, dict]:
+    """The active/active blocks of the status document (the one named, if any); ValueError
+    if there is none such."""
+    blocks = status["node"].get("shared", {}).get("blocks", {})
+    if name is not None:
+        if name not in blocks:
+            raise ValueError(f"no active/active block {name!r} (there are: {', '.join(sorted(blocks)) or 'none'})")
+        return {name: blocks[name]}
+    if not blocks:
+        raise ValueError("no active/active block is configured")
+    return blocks
+
+
+def bucket_table(status: dict, name: str | None) -> dict[str, list[dict]]:
+    """Per block, runs of buckets with their owner, its generation and the age of its view."""
+    node = status["node"]
+    ages = {p["node_id"]: p["age_s"] for p in node.get("peers", [])}
+    out = {}
+    for block, info in shared_blocks(status, name).items():
+        generations = {int(p): v["generation"] for p, v in info["peers"].items()} | {node["node_id"]: info["generation"]}
+        out[block] = [{"first": first, "last": last, "owners": held,
+                       "generations": [generations.get(n) for n in held],
+                       "view_age_s": [0.0 if n == node["node_id"] else ages.get(n) for n in held]}
+                      for first, last, held in _runs(info["owners"])]
+    return out
+
+
+def render_buckets(table: dict[str, list[dict]]) -> str:
+    lines = []
+    for block, runs in table.items():
+        lines.append(f"block {block}:")
+        for run in runs:
+            span = f"{run['first']}" if run["first"] == run["last"] else f"{run['first']}-{run['last']}"
+            owners = ", ".join(f"node {n} (generation {g}, view {_age(a)} old)"
+                               for n, g, a in zip(run["owners"], run["generations"], run["view_age_s"]))
+            lines.append(f"  {span:<9} {owners or 'nobody (moving)'}")
+    return "\n".join(lines)
+
+
+def flow_owner(status: dict, address: str, ports: list[int], name: str | None) -> dict:
+    """Which bucket a TCP flow from `address` (its source, then destination port) falls in,
+    and who owns it, computed as the kernel does (agent.core.buckets)."""
+    from ipaddress import ip_address
+
+    from agent.core.buckets import HashFields, bucket, flow_fields
+
+    blocks = shared_blocks(status, name)
+    if len(blocks) > 1:
+        raise ValueError(f"several active/active blocks ({', '.join(sorted(blocks))}): name one with --block")
+    (block, info), = blocks.items()
+    l2 = next(b["l2"] for b in status["blocks"] if b["name"] == block)
+    fields = flow_fields(HashFields(l2["hash"]), 6, fragment=False)
+    needed = {HashFields.SOURCE: 0, HashFields.SOURCE_PORT: 1, HashFields.SOURCE_PORTS: 2}[fields]
+    if len(ports) < needed:
+        raise ValueError(f"block {block} hashes {fields.value}: give {needed} port(s)")
+    sport, dport = (ports + [None, None])[:2]
+    number = bucket(fields, ip_address(address), sport, dport, l2["buckets"], l2["hash_seed"])
+    return {"block": block, "address": address, "ports": ports[:needed], "hash": fields.value, "bucket": number,
+            "owners": info["owners"][number]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agentctl", description=__doc__.splitlines()[0])
     parser.add_argument("-s", "--socket", default=DEFAULT_SOCKET, help="control socket path")
@@ -108,9 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     maintenance.add_argument("mode", choices=["on", "off"])
     verbs.add_parser("metrics", help="Prometheus text exposition")
     verbs.add_parser("reload", help="re-read the configuration (like SIGHUP)")
+    buckets = verbs.add_parser("buckets", help="owner, generation and view age of each active/active bucket")
+    buckets.add_argument("block", nargs="?", help="one active/active block (default: all)")
+    owner = verbs.add_parser("owner", help="the bucket of a TCP flow from ADDRESS and the node that owns it")
+    owner.add_argument("address", help="the outside peer's address (the source of what arrives)")
+    owner.add_argument("ports", nargs="*", type=int, help="its source port, then the destination port")
+    owner.add_argument("--block", help="the active/active block, if there are several")
     args = parser.parse_args(argv)
 
     command, payload = args.verb, {}
+    if command in ("buckets", "owner"):
+        command = "status"
     if args.verb == "maintenance":
         payload = {"mode": args.mode}
     elif args.verb == "failover" and args.force:
@@ -123,6 +203,22 @@ def main(argv: list[str] | None = None) -> int:
     if not reply.get("ok"):
         print(f"agentctl: {command}: {reply.get('error', 'refused')}", file=sys.stderr)
         return EXIT_REFUSED
+    if args.verb in ("buckets", "owner"):
+        try:
+            shown = bucket_table(reply, args.block) if args.verb == "buckets" else flow_owner(
+                reply, args.address, args.ports, args.block)
+        except ValueError as exc:
+            print(f"agentctl: {args.verb}: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+        if args.json or args.pretty:
+            print(json.dumps(shown, indent=2 if args.pretty else None, sort_keys=True))
+        elif args.verb == "buckets":
+            print(render_buckets(shown))
+        else:
+            print(f"{shown['address']} {' '.join(map(str, shown['ports']))}".strip()
+                  + f" -> block {shown['block']} bucket {shown['bucket']} ({shown['hash']}): "
+                  + (", ".join(f"node {n}" for n in shown["owners"]) or "nobody (moving)"))
+        return 0
     if args.json or args.pretty:
         print(json.dumps(reply, indent=2 if args.pretty else None, sort_keys=True))
     elif command == "status":

@@ -113,6 +113,13 @@ class Sharing:
             name: {"buckets": own.buckets, "weight": own.weight, "generation": own.generation,
                    "owned": sorted(own.owned), "claiming": sorted(own.claiming), "moves": own.moves,
                    "applied": sorted(self._applied.get(name, ())),
+                   "owners": self._owners(own),
                    "peers": {str(p): {"generation": v.generation, "owned": len(v.owned), "weight": v.weight}
                              for p, v in sorted(own.peers.items())}}
             for name, own in sorted(self._blocks.items())}}
+
+    def _owners(self, own: BlockOwnership) -> list[list[int]]:
+        """Per bucket, the nodes that own it as this node last heard (itself included):
+        one, or none while it moves, or two on the two sides of a partition."""
+        holders = [(self.node_id, own.owned)] + [(p, v.owned) for p, v in sorted(own.peers.items())]
+        return [sorted(n for n, owned in holders if b in owned) for b in range(own.buckets)]

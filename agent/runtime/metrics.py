@@ -73,6 +73,12 @@ def render(status: dict) -> str:
                [({"block": b["name"]}, b["addresses"]) for b in status["blocks"]])
     out.metric("dpagent_block_held", "gauge", "1 if this node holds the block.",
                [({"block": b["name"]}, int(b["held"])) for b in status["blocks"]])
+    shared = node.get("shared", {}).get("blocks", {})
+    out.metric("dpagent_shared_buckets_owned", "gauge", "Flow buckets of an active/active block this node accepts.",
+               [({"block": name}, len(b["applied"])) for name, b in sorted(shared.items())])
+    out.metric("dpagent_shared_bucket_moves_total", "counter",
+               "Buckets of an active/active block this node gained or gave up.",
+               [({"block": name}, b["moves"]) for name, b in sorted(shared.items())])
     xdp = status.get("xdp", {})
     out.metric("dpagent_xdp_packets_total", "counter",
                "Frames the XDP cluster filter saw, by block and by what it did with them.",

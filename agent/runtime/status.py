@@ -14,7 +14,8 @@ def block_status(block: Block, held: Block | None, last_change: dict | None) -> 
         "held": held is not None,
         "mode": block.mode,
         "l2": {"mode": block.l2.mode, "mac": block.l2.mac,
-               "backend": block.l2.backend if block.l2.mode == "cluster-mac" else None},
+               **({"backend": block.l2.backend, "buckets": block.l2.buckets, "hash": block.l2.hash,
+                   "hash_seed": block.l2.hash_seed} if block.l2.mode == "cluster-mac" else {"backend": None})},
         # The latest result of each facility's step for this block.
         "last_change": last_change or {},
     }

@@ -84,6 +84,10 @@ def answers(lab: Lab) -> dict[str, str]:
     return json.loads(lab.exec("client", [sys.executable, "-c", CONNECT_FROM, V4[1], *SOURCES]).stdout)
 
 
+def agentctl(lab: Lab, node: int, *argv: str) -> str:
+    return lab.exec(f"fw{node}", [sys.executable, "-m", "agent.cli", "-s", lab.socket_path(node), *argv]).stdout
+
+
 def all_answered(lab: Lab) -> dict[str, str] | None:
     got = answers(lab)
     return got if all(got.values()) else None
@@ -116,6 +120,15 @@ def test_both_nodes_serve_each_flow_answered_by_its_bucket_owner_and_a_kill_move
     assert got == want
     counts = {name: list(got.values()).count(name) for name in ("fw1", "fw2")}
     assert min(counts.values()) > 50, counts
+    # agentctl says the same, computed with buckets.py from the status document.
+    for src in SOURCES[:20]:
+        said = json.loads(agentctl(lab, 1, "--json", "owner", src))
+        assert [f"fw{n}" for n in said["owners"]] == [want[src]], (src, said)
+    table = json.loads(agentctl(lab, 2, "--json", "buckets"))["ext"]
+    assert sum(r["last"] - r["first"] + 1 for r in table) == BUCKETS
+    assert all(len(r["owners"]) == 1 for r in table)
+    metrics = agentctl(lab, 1, "metrics")
+    assert f'dpagent_shared_buckets_owned{{block="ext"}} {len(owned(lab, 1))}' in metrics
 
     # A stream from a source of fw2's: it must not notice fw1's death.
     src2 = next(src for src, who in want.items() if who == "fw2")

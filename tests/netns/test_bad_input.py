@@ -102,7 +102,7 @@ def garbage(own_epoch: int) -> list[tuple[str, bytes]]:
         ("magic", noise(64)),
         ("magic", noise(64)),
         ("magic", b"XP" + frame[2:]),
-        ("version", frame[:2] + b"\x02" + frame[3:]),
+        ("version", frame[:2] + b"\x03" + frame[3:]),
         ("key_id", frame[:4] + b"\x09" + frame[5:]),
         ("auth", encode(Frame(FrameType.ADVERT, FAKE_NODE, State.BACKUP, 50, 1_000_000, FAKE_EPOCH, 101),
                         KeyRing(((1, b"wrong key, same id"),)))),
