@@ -21,6 +21,11 @@ from agent.config.schema import (
     MAX_LOOSE_ADDRESSES, MAX_V6_ADDRESSES, MAX_V6_BLOCK_ADDRESSES, MAX_XDP_BLOCKS, TABLES_BY_PATH, VMAC_PREFIX,
 )
 from agent.core.packing import IPAddress, IPNetwork
+from agent.core.views import view_size
+from agent.core.wire import FRAME_SIZE, MAX_FRAME_SIZE
+
+# Nodes sharing an active/active block at most (what a frame's views are sized for).
+MAX_SHARING_NODES = 8
 
 
 @dataclass
@@ -53,6 +58,7 @@ def build_blocks(tables: list[dict] | None, base: Path, errors: list[ConfigError
     _check_overlaps(drafts, errors)
     _check_v6_counts(drafts, errors)
     _check_l2(drafts, errors)
+    _check_views_fit(drafts, errors)
     if len(errors) != before:
         return None
     return tuple(_finish(d) for d in drafts)
@@ -153,6 +159,22 @@ def _check_l2(drafts: list[_Draft], errors: list[ConfigError]) -> None:
             errors.append(ConfigError(f"{draft.where}.l2.{key}", value, f"already used by block {seen[identity]}"))
         else:
             seen[identity] = draft.name
+
+
+def _check_views_fit(drafts: list[_Draft], errors: list[ConfigError]) -> None:
+    """Every frame carries the views of all active/active blocks, and a frame must not be
+    fragmented: with MAX_SHARING_NODES nodes, their buckets must fit in it."""
+    room = MAX_FRAME_SIZE - FRAME_SIZE - 1
+    for draft in drafts:
+        if draft.mode != "active-active":
+            continue
+        buckets = (draft.l2 or L2Config()).buckets
+        room -= view_size(buckets, MAX_SHARING_NODES - 1)
+        if room < 0:
+            errors.append(ConfigError(f"{draft.where}.l2.buckets", buckets,
+                                      f"the active/active blocks' bucket views no longer fit in one "
+                                      f"{MAX_FRAME_SIZE}-byte heartbeat frame: give them fewer buckets"))
+            return
 
 
 class _Budget:

@@ -36,6 +36,11 @@ MAX_BUCKETS = 1 << 16
 MAX_SEEN = 64
 
 
+def view_size(buckets: int, peers: int) -> int:
+    """The bytes one block's view takes in a frame."""
+    return _RECORD.size + 2 * ((buckets + 7) // 8) + peers * _SEEN.size
+
+
 def block_id(name: str) -> int:
     """The 32-bit id a block's views travel under."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big")

@@ -89,3 +89,14 @@ def test_active_active_needs_a_cluster_mac_and_carries_a_weight(workdir: Path) -
                                                      "mode": "active-active", "weight": 2.5},
                                                     block("b", ["192.0.2.11"]))))
     assert [(b.shared, b.weight) for b in config.blocks] == [(True, 2.5), (False, 1.0)]
+
+
+def test_active_active_views_must_fit_one_heartbeat_frame(workdir: Path) -> None:
+    def shared(i: int, buckets: int) -> dict:
+        return {**block(f"b{i}", [f"192.0.2.{i + 1}"], mode="cluster-mac", buckets=buckets,
+                        cluster_mac=f"01:00:5e:00:03:{i:02x}"), "mode": "active-active"}
+    # 1,024 buckets take 384 bytes with eight nodes: three blocks fit, a fourth does not.
+    load_config(write(workdir, with_blocks(*(shared(i, 1024) for i in range(3)))))
+    assert one_error(workdir, with_blocks(*(shared(i, 1024) for i in range(4)))) == (
+        "DIR/dpagent.toml: block[3].l2.buckets = 1024: the active/active blocks' bucket views no longer fit "
+        "in one 1452-byte heartbeat frame: give them fewer buckets")
