@@ -66,6 +66,45 @@ for line in sys.stdin:
 """
 
 
+# Echo requests from every source given, each every INTERVAL, for DURATION; the replies
+# read from an AF_PACKET socket with the MAC of the node that sent them. Prints
+# {"sent": n, "replies": [[source, seq, mac], ...]}.
+PING_FROM = """
+import json, select, socket, struct, sys, time
+vip, duration, interval, sources = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+def checksum(data):
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+socks = []
+for src in sources:
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.bind((src, 0))
+    socks.append(s)
+rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+rx.bind(("ext0", 0))
+replies, sent, seq, end, due = [], 0, 0, time.monotonic() + duration, time.monotonic()
+print("ready", flush=True)
+while time.monotonic() < end:
+    if time.monotonic() >= due:
+        seq += 1
+        for s in socks:
+            head = struct.pack("!BBHHH", 8, 0, 0, 0x4441, seq)
+            s.sendto(struct.pack("!BBHHH", 8, 0, checksum(head), 0x4441, seq), (vip, 0))
+            sent += 1
+        due += interval
+    while select.select([rx], [], [], 0)[0]:
+        frame = rx.recv(2048)
+        ihl = (frame[14] & 15) * 4
+        icmp = frame[14 + ihl:]
+        if frame[23] == 1 and icmp[0] == 0 and icmp[4:6] == b"DA":
+            dst = socket.inet_ntoa(frame[30:34])
+            replies.append([dst, struct.unpack("!H", icmp[6:8])[0], frame[6:12].hex(":")])
+    time.sleep(0.0005)
+print(json.dumps({"sent": sent, "replies": replies}))
+"""
+
+
 def owned(lab: Lab, node: int) -> set[int]:
     status = lab.status(node) or {}
     return set(status.get("node", {}).get("shared", {}).get("blocks", {}).get("ext", {}).get("applied", []))
@@ -146,3 +185,36 @@ def test_both_nodes_serve_each_flow_answered_by_its_bucket_owner_and_a_kill_move
     stream.stdin.flush()
     assert stream.stdout.readline().strip() == "fw2 after"
     assert set(wait_for(lambda: all_answered(lab), what="every source answered again").values()) == {"fw2"}
+
+
+@pytest.mark.lab(heartbeat="switched")
+def test_a_joining_node_takes_its_share_and_no_request_is_answered_twice(lab) -> None:
+    """fw1 holds every bucket; fw2 joins while 100 sources ping a block address every 10 ms.
+    ICMP hashes on the source alone: a bucket owned by both nodes at once would answer one
+    request twice, from two MACs."""
+    sources = SOURCES[:100]
+    batch = "\n".join(f"addr add {src}/32 dev ext0" for src in sources) + "\n"
+    done = subprocess.run(["ip", "-n", lab.ns("client"), "-batch", "-"], input=batch, text=True, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    lab.start_agent(1, lab.write_config(1, l2="cluster-mac", backend="xdp", shared=True))
+    wait_for(lambda: len(owned(lab, 1)) == BUCKETS, what="fw1 owning every bucket")
+    lab.resolve([V4[1]])
+    ping = lab.spawn("client", [sys.executable, "-c", PING_FROM, V4[1], "4", "0.01", *sources],
+                     stdout=subprocess.PIPE, text=True)
+    assert ping.stdout.readline().strip() == "ready"
+    lab.start_agent(2, lab.write_config(2, l2="cluster-mac", backend="xdp", shared=True))
+    result = json.loads(ping.communicate(timeout=60)[0])
+    assert split(lab), (len(owned(lab, 1)), len(owned(lab, 2)))
+    share = len(owned(lab, 2)) / BUCKETS
+    assert 0.3 < share < 0.7, share
+
+    per_request: dict[tuple[str, int], set[str]] = {}
+    for src, seq, mac in result["replies"]:
+        per_request.setdefault((src, seq), set()).add(mac)
+    twice = {k: v for k, v in per_request.items() if len(v) > 1}
+    assert not twice, f"{len(twice)} requests answered by two nodes, e.g. {list(twice.items())[:3]}"
+    # The replies came from both nodes, and most requests were answered (a moving bucket
+    # is dropped for the claim's round trip).
+    macs = {mac for _, _, mac in result["replies"]}
+    assert macs == {lab.mac("fw1", "ext0"), lab.mac("fw2", "ext0")}
+    assert len(per_request) > 0.9 * result["sent"], (len(per_request), result["sent"])
