@@ -51,12 +51,14 @@ CLIENT_EXT = "203.0.113.10"
 CLIENT_EXT6 = "2001:db8:e::10"
 SERVER_INT = "198.51.100.10"
 KEY_HEX = "7d1b9f0e3c5a48f2a6b0c1d2e3f40516"
-ROLES = ("seg", "client", "fw1", "fw2", "server")
+ROLES = ("seg", "client", "server")
 HEARTBEATS = ("direct", "switched")
 HB_LINKS = ("hb0", "hb1")
 # Pinned interface indexes of the heartbeat links: fw1's, fw2's and (switched) their switch ports'.
 # Distinct at the two ends of every veth, see Namespaces.veth.
-HB_INDEX = {"fw1": 4100, "fw2": 4200, "fw1-port": 4300, "fw2-port": 4400}
+# Node n's heartbeat port k has index HB_INDEX + 100 n + k; its switch port HB_PORT_INDEX + ...
+HB_INDEX, HB_PORT_INDEX = 4000, 5000
+MAX_NODES = 8
 RESOLVE_CHUNK = 256
 L2_MODES = ("garp", "vmac", "cluster-mac")
 VRID = 51
@@ -76,6 +78,16 @@ NODES = {
     1: NodeAddresses("203.0.113.1", "198.51.100.1", "192.0.2.1", "192.0.2.5"),
     2: NodeAddresses("203.0.113.2", "198.51.100.2", "192.0.2.2", "192.0.2.6"),
 }
+# Beyond a pair, every node's heartbeat links share a switch and a /28 each.
+HB_PREFIXLEN = {2: 30, "more": 28}
+
+
+def node_addresses(count: int) -> dict[int, NodeAddresses]:
+    """The nodes' addresses: NODES for a pair, a wider plan for up to MAX_NODES."""
+    if count == 2:
+        return dict(NODES)
+    return {n: NodeAddresses(f"203.0.113.{n}", f"198.51.100.{n}", f"192.0.2.{n}", f"192.0.2.{16 + n}")
+            for n in range(1, count + 1)}
 
 
 @dataclass
@@ -100,9 +112,13 @@ class Lab:
     cables between fw1 and fw2) or "switched" (each through a bridge of its own).
     """
 
-    def __init__(self, prefix: str | None = None, heartbeat: str = "direct") -> None:
+    def __init__(self, prefix: str | None = None, heartbeat: str = "direct", nodes: int = 2) -> None:
         if heartbeat not in HEARTBEATS:
             raise ValueError(f"heartbeat must be one of {HEARTBEATS}, not {heartbeat!r}")
+        if not 2 <= nodes <= MAX_NODES or (nodes > 2 and heartbeat == "direct"):
+            raise ValueError(f"{nodes} nodes: 2 with direct cables, 2..{MAX_NODES} switched")
+        self.addresses = node_addresses(nodes)
+        self.hb_prefixlen = HB_PREFIXLEN[2 if nodes == 2 else "more"]
         self.prefix = prefix or f"dpl{secrets.token_hex(3)}"
         self.heartbeat = heartbeat
         self.netns = Namespaces(self.prefix)
@@ -134,24 +150,24 @@ class Lab:
 
     def build(self) -> None:
         spaces = self.netns
-        for role in ROLES:
+        for role in (*ROLES, *(f"fw{n}" for n in self.addresses)):
             self._names[role] = spaces.new(role)
         seg = self.ns("seg")
         self._sysctl("seg", "net.ipv6.conf.all.disable_ipv6=1")
-        for node in (1, 2):
+        for node in self.addresses:
             fw = self.ns(f"fw{node}")
             spaces.veth(fw, "ext0", seg, f"fw{node}-ext", up=False)
             spaces.veth(fw, "int0", seg, f"fw{node}-int", up=False)
         spaces.veth(self.ns("client"), "ext0", seg, "cl-ext", up=False)
         spaces.veth(self.ns("server"), "int0", seg, "srv-int", up=False)
-        spaces.bridge(seg, "br-ext", "fw1-ext", "fw2-ext", "cl-ext")
-        spaces.bridge(seg, "br-int", "fw1-int", "fw2-int", "srv-int")
+        spaces.bridge(seg, "br-ext", *(f"fw{n}-ext" for n in self.addresses), "cl-ext")
+        spaces.bridge(seg, "br-int", *(f"fw{n}-int" for n in self.addresses), "srv-int")
         self._build_heartbeat()
-        for node, addrs in NODES.items():
+        for node, addrs in self.addresses.items():
             role = f"fw{node}"
             self._batch(role, [
                 f"addr add {addrs.ext}/24 dev ext0", f"addr add {addrs.int_}/24 dev int0",
-                f"addr add {addrs.hb0}/30 dev hb0", f"addr add {addrs.hb1}/30 dev hb1",
+                f"addr add {addrs.hb0}/{self.hb_prefixlen} dev hb0", f"addr add {addrs.hb1}/{self.hb_prefixlen} dev hb1",
                 "link set ext0 up", "link set int0 up", "link set hb0 up", "link set hb1 up",
                 f"route add {SERVER_INT}/32 dev int0", f"route add {CLIENT_EXT6}/128 dev ext0",
             ])
@@ -173,17 +189,17 @@ class Lab:
         second late, which on two real machines, not sharing one linkwatch, it would not.
         The switches flood multicast (no IGMP/MLD snooping), so the heartbeat's delivery
         does not hang on the agents' membership reports and a segment without a querier."""
-        fw1, fw2, seg = self.ns("fw1"), self.ns("fw2"), self.ns("seg")
+        seg = self.ns("seg")
         for offset, link in enumerate(HB_LINKS):
             if self.heartbeat == "direct":
-                self.netns.veth(fw1, link, fw2, link, index_a=HB_INDEX["fw1"] + offset,
-                                index_b=HB_INDEX["fw2"] + offset, up=False)
+                self.netns.veth(self.ns("fw1"), link, self.ns("fw2"), link, index_a=HB_INDEX + 100 + offset,
+                                index_b=HB_INDEX + 200 + offset, up=False)
                 continue
             ports = []
-            for node in ("fw1", "fw2"):
-                port = f"{node}-{link}"
-                self.netns.veth(self.ns(node), link, seg, port, index_a=HB_INDEX[node] + offset,
-                                index_b=HB_INDEX[f"{node}-port"] + offset, up=False)
+            for node in self.addresses:
+                port = f"fw{node}-{link}"
+                self.netns.veth(self.ns(f"fw{node}"), link, seg, port, index_a=HB_INDEX + 100 * node + offset,
+                                index_b=HB_PORT_INDEX + 100 * node + offset, up=False)
                 ports.append(port)
             self.netns.bridge(seg, f"br-{link}", *ports, options=("mcast_snooping", "0"))
 
@@ -280,7 +296,7 @@ prefixes = ["{BLOCK_V6 if block_v6 is True else block_v6}"]
         path.write_text(f"""\
 [node]
 id = {node}
-priority = {priority if priority is not None else 200 - 50 * node}
+priority = {priority if priority is not None else 200 - 50 * node if node <= 2 else 100 - 10 * node}
 preempt = {"true" if preempt else "false"}
 preempt_delay = {preempt_delay}
 advert_interval = {advert_interval}
@@ -322,14 +338,13 @@ mode = "{"active-active" if shared else "active-passive"}"
                     f'backend = "{backend}"\n')
         return ""
 
-    @staticmethod
-    def _heartbeat_target(node: int, link: str, kind: str) -> str:
+    def _heartbeat_target(self, node: int, link: str, kind: str) -> str:
         if kind == "group":
             return f'group = "{HB_GROUP}"'
         if kind == "group6":
             return f'group = "{HB_GROUP_V6}"'
-        peer = NODES[3 - node]
-        return f'peers = ["{getattr(peer, link)}"]'
+        peers = [getattr(a, link) for n, a in self.addresses.items() if n != node]
+        return "peers = [" + ", ".join(f'"{p}"' for p in peers) + "]"
 
     def start_agent(self, node: int, config: Path | None = None, *, log: Path | None = None) -> subprocess.Popen:
         config = config or self.write_config(node)

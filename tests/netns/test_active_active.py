@@ -18,8 +18,8 @@ import sys
 import pytest
 
 from agent.core.buckets import HashFields, bucket
-from agent.lab import Lab
-from test_shared_mac import PORT, V4, start_servers
+from agent.lab import CLIENT_EXT, Lab
+from test_shared_mac import PORT, SERVER, V4
 from waiting import wait_for
 
 SOURCES = [str(ipaddress.ip_address("203.0.113.40") + i) for i in range(200)]
@@ -105,52 +105,66 @@ print(json.dumps({"sent": sent, "replies": replies}))
 """
 
 
+def start_servers(lab: Lab) -> None:
+    """On every node: the name server on PORT and the echo server on STREAM_PORT."""
+    for node in lab.addresses:
+        for code in (SERVER, ECHO):
+            proc = lab.spawn(f"fw{node}", [sys.executable, "-c", code, f"fw{node}"], stdout=subprocess.PIPE,
+                             text=True)
+            assert proc.stdout.readline().strip() == "ready"
+
+
 def owned(lab: Lab, node: int) -> set[int]:
     status = lab.status(node) or {}
     return set(status.get("node", {}).get("shared", {}).get("blocks", {}).get("ext", {}).get("applied", []))
 
 
-def expected_owner(lab: Lab, nodes: tuple[int, ...]) -> dict[str, str]:
+def expected_owner(lab: Lab, nodes: tuple[int, ...], sources: list[str] = SOURCES) -> dict[str, str]:
     shares = {n: owned(lab, n) for n in nodes}
     out = {}
-    for src in SOURCES:
+    for src in sources:
         b = bucket(HashFields.SOURCE, ipaddress.ip_address(src), None, None, BUCKETS, SEED)
         out[src] = next(f"fw{n}" for n, share in shares.items() if b in share)
     return out
 
 
-def answers(lab: Lab) -> dict[str, str]:
-    return json.loads(lab.exec("client", [sys.executable, "-c", CONNECT_FROM, V4[1], *SOURCES]).stdout)
+def answers(lab: Lab, sources: list[str] = SOURCES) -> dict[str, str]:
+    return json.loads(lab.exec("client", [sys.executable, "-c", CONNECT_FROM, V4[1], *sources]).stdout)
+
+
+def add_sources(lab: Lab, sources: list[str], route: str | None = None) -> None:
+    """The client's extra source addresses (and, for a range off the segment, the nodes' route
+    to it through the client, so that a node keeps one neighbour entry, not one per source)."""
+    batch = "\n".join(f"addr add {src}/32 dev ext0" for src in sources) + "\n"
+    done = subprocess.run(["ip", "-n", lab.ns("client"), "-batch", "-"], input=batch, text=True, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    for node in lab.addresses if route else ():
+        lab.exec(f"fw{node}", ["ip", "route", "add", route, "via", CLIENT_EXT, "dev", "ext0"])
 
 
 def agentctl(lab: Lab, node: int, *argv: str) -> str:
     return lab.exec(f"fw{node}", [sys.executable, "-m", "agent.cli", "-s", lab.socket_path(node), *argv]).stdout
 
 
-def all_answered(lab: Lab) -> dict[str, str] | None:
-    got = answers(lab)
+def all_answered(lab: Lab, sources: list[str] = SOURCES) -> dict[str, str] | None:
+    got = answers(lab, sources)
     return got if all(got.values()) else None
 
 
-def split(lab: Lab) -> bool:
-    shares = [owned(lab, n) for n in (1, 2)]
-    return not shares[0] & shares[1] and len(shares[0] | shares[1]) == BUCKETS and all(shares)
+def split(lab: Lab, nodes: tuple[int, ...] = (1, 2)) -> bool:
+    """Every bucket owned, by exactly one of `nodes`, and each of them owning some."""
+    shares = [owned(lab, n) for n in nodes]
+    return sum(map(len, shares)) == len(set().union(*shares)) == BUCKETS and all(shares)
 
 
 @pytest.mark.lab(heartbeat="switched")
 @pytest.mark.parametrize("backend", ["nft", "xdp"])
 def test_both_nodes_serve_each_flow_answered_by_its_bucket_owner_and_a_kill_moves_only_its_buckets(
         lab, backend: str) -> None:
-    client_batch = "\n".join(f"addr add {src}/32 dev ext0" for src in SOURCES) + "\n"
-    done = subprocess.run(["ip", "-n", lab.ns("client"), "-batch", "-"], input=client_batch, text=True,
-                          capture_output=True)
-    assert done.returncode == 0, done.stderr
+    add_sources(lab, SOURCES)
     for node in (1, 2):
         lab.start_agent(node, lab.write_config(node, l2="cluster-mac", backend=backend, shared=True))
     start_servers(lab)
-    for node in (1, 2):
-        proc = lab.spawn(f"fw{node}", [sys.executable, "-c", ECHO, f"fw{node}"], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
     wait_for(lambda: split(lab), what="the buckets split between the two nodes")
     lab.resolve([V4[1]])
 
@@ -193,9 +207,7 @@ def test_a_joining_node_takes_its_share_and_no_request_is_answered_twice(lab) ->
     ICMP hashes on the source alone: a bucket owned by both nodes at once would answer one
     request twice, from two MACs."""
     sources = SOURCES[:100]
-    batch = "\n".join(f"addr add {src}/32 dev ext0" for src in sources) + "\n"
-    done = subprocess.run(["ip", "-n", lab.ns("client"), "-batch", "-"], input=batch, text=True, capture_output=True)
-    assert done.returncode == 0, done.stderr
+    add_sources(lab, sources)
     lab.start_agent(1, lab.write_config(1, l2="cluster-mac", backend="xdp", shared=True))
     wait_for(lambda: len(owned(lab, 1)) == BUCKETS, what="fw1 owning every bucket")
     lab.resolve([V4[1]])
@@ -218,3 +230,43 @@ def test_a_joining_node_takes_its_share_and_no_request_is_answered_twice(lab) ->
     macs = {mac for _, _, mac in result["replies"]}
     assert macs == {lab.mac("fw1", "ext0"), lab.mac("fw2", "ext0")}
     assert len(per_request) > 0.9 * result["sent"], (len(per_request), result["sent"])
+
+
+MANY = [str(ipaddress.ip_address("198.19.0.10") + i) for i in range(1000)]
+
+
+@pytest.mark.lab(heartbeat="switched", nodes=3)
+def test_three_nodes_split_1000_sources_by_their_buckets_and_survive_a_kill(lab) -> None:
+    add_sources(lab, MANY, route="198.19.0.0/22")
+    for node in (1, 2, 3):
+        lab.start_agent(node, lab.write_config(node, l2="cluster-mac", backend="xdp", shared=True))
+    start_servers(lab)
+    wait_for(lambda: split(lab, (1, 2, 3)), what="the buckets split between three nodes")
+    lab.resolve([V4[1]])
+
+    want = expected_owner(lab, (1, 2, 3), MANY)
+    got = wait_for(lambda: all_answered(lab, MANY), timeout=60, what="every source answered")
+    assert got == want
+    # Each node answers about the share of sources its share of buckets predicts.
+    for node in (1, 2, 3):
+        flows = list(got.values()).count(f"fw{node}") / len(MANY)
+        assert abs(flows - len(owned(lab, node)) / BUCKETS) < 0.06, (node, flows)
+
+    src3 = next(src for src, who in want.items() if who == "fw3")
+    stream = lab.spawn("client", [sys.executable, "-c", STREAM, V4[1], src3], stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, text=True)
+    stream.stdin.write("before\n")
+    stream.stdin.flush()
+    assert stream.stdout.readline().strip() == "fw3 before"
+    kept = {n: owned(lab, n) for n in (2, 3)}
+
+    lab.kill_node(1)
+    wait_for(lambda: split(lab, (2, 3)), what="the survivors owning every bucket")
+    assert all(kept[n] <= owned(lab, n) for n in (2, 3)), "a survivor lost a bucket"
+    stream.stdin.write("after\n")
+    stream.stdin.flush()
+    assert stream.stdout.readline().strip() == "fw3 after"
+    again = wait_for(lambda: all_answered(lab, MANY), timeout=60, what="every source answered again")
+    assert again == expected_owner(lab, (2, 3), MANY)
+    # Flows the survivors had kept their node.
+    assert all(again[src] == who for src, who in got.items() if who != "fw1")
