@@ -264,6 +264,14 @@ class Lab:
             raise RuntimeError("the probe did not start")
         return Probe(proc, out)
 
+    def add_client_sources(self, sources: list[str], route: str | None = None) -> None:
+        """More source addresses on the client, for active/active flows (agent.labflows). For a
+        range off the segment (`route`), the nodes reach it through the client, so that each
+        keeps one neighbour entry rather than one per source."""
+        self._batch("client", [f"addr add {src}/32 dev ext0" for src in sources])
+        for node in self.addresses if route else ():
+            self._batch(f"fw{node}", [f"route add {route} via {CLIENT_EXT} dev ext0"])
+
     def exec(self, role: str, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
         return run_in(self.ns(role), argv, check=check)
 

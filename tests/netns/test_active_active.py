@@ -18,27 +18,13 @@ import sys
 import pytest
 
 from agent.core.buckets import HashFields, bucket
-from agent.lab import CLIENT_EXT, Lab
+from agent.lab import Lab
 from test_shared_mac import PORT, SERVER, V4
 from waiting import wait_for
 
 SOURCES = [str(ipaddress.ip_address("203.0.113.40") + i) for i in range(200)]
 BUCKETS, SEED = 256, 0x5EED
 STREAM_PORT = 8081
-
-# Connect from every source given; print {source: who answered, or ""}.
-CONNECT_FROM = f"""
-import json, socket, sys
-out = {{}}
-for src in sys.argv[2:]:
-    try:
-        s = socket.create_connection((sys.argv[1], {PORT}), timeout=2, source_address=(src, 0))
-        out[src] = s.recv(16).decode()
-        s.close()
-    except OSError:
-        out[src] = ""
-print(json.dumps(out))
-"""
 
 # An echo server: every line back, prefixed with this node's name.
 ECHO = f"""
@@ -66,45 +52,6 @@ for line in sys.stdin:
 """
 
 
-# Echo requests from every source given, each every INTERVAL, for DURATION; the replies
-# read from an AF_PACKET socket with the MAC of the node that sent them. Prints
-# {"sent": n, "replies": [[source, seq, mac], ...]}.
-PING_FROM = """
-import json, select, socket, struct, sys, time
-vip, duration, interval, sources = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
-def checksum(data):
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    total = (total >> 16) + (total & 0xFFFF)
-    return ~(total + (total >> 16)) & 0xFFFF
-socks = []
-for src in sources:
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    s.bind((src, 0))
-    socks.append(s)
-rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
-rx.bind(("ext0", 0))
-replies, sent, seq, end, due = [], 0, 0, time.monotonic() + duration, time.monotonic()
-print("ready", flush=True)
-while time.monotonic() < end:
-    if time.monotonic() >= due:
-        seq += 1
-        for s in socks:
-            head = struct.pack("!BBHHH", 8, 0, 0, 0x4441, seq)
-            s.sendto(struct.pack("!BBHHH", 8, 0, checksum(head), 0x4441, seq), (vip, 0))
-            sent += 1
-        due += interval
-    while select.select([rx], [], [], 0)[0]:
-        frame = rx.recv(2048)
-        ihl = (frame[14] & 15) * 4
-        icmp = frame[14 + ihl:]
-        if frame[23] == 1 and icmp[0] == 0 and icmp[4:6] == b"DA":
-            dst = socket.inet_ntoa(frame[30:34])
-            replies.append([dst, struct.unpack("!H", icmp[6:8])[0], frame[6:12].hex(":")])
-    time.sleep(0.0005)
-print(json.dumps({"sent": sent, "replies": replies}))
-"""
-
-
 def start_servers(lab: Lab) -> None:
     """On every node: the name server on PORT and the echo server on STREAM_PORT."""
     for node in lab.addresses:
@@ -129,17 +76,8 @@ def expected_owner(lab: Lab, nodes: tuple[int, ...], sources: list[str] = SOURCE
 
 
 def answers(lab: Lab, sources: list[str] = SOURCES) -> dict[str, str]:
-    return json.loads(lab.exec("client", [sys.executable, "-c", CONNECT_FROM, V4[1], *sources]).stdout)
-
-
-def add_sources(lab: Lab, sources: list[str], route: str | None = None) -> None:
-    """The client's extra source addresses (and, for a range off the segment, the nodes' route
-    to it through the client, so that a node keeps one neighbour entry, not one per source)."""
-    batch = "\n".join(f"addr add {src}/32 dev ext0" for src in sources) + "\n"
-    done = subprocess.run(["ip", "-n", lab.ns("client"), "-batch", "-"], input=batch, text=True, capture_output=True)
-    assert done.returncode == 0, done.stderr
-    for node in lab.addresses if route else ():
-        lab.exec(f"fw{node}", ["ip", "route", "add", route, "via", CLIENT_EXT, "dev", "ext0"])
+    return json.loads(lab.exec("client", [sys.executable, "-m", "agent.labflows", "connect", V4[1], str(PORT),
+                                          *sources]).stdout)
 
 
 def agentctl(lab: Lab, node: int, *argv: str) -> str:
@@ -161,7 +99,7 @@ def split(lab: Lab, nodes: tuple[int, ...] = (1, 2)) -> bool:
 @pytest.mark.parametrize("backend", ["nft", "xdp"])
 def test_both_nodes_serve_each_flow_answered_by_its_bucket_owner_and_a_kill_moves_only_its_buckets(
         lab, backend: str) -> None:
-    add_sources(lab, SOURCES)
+    lab.add_client_sources(SOURCES)
     for node in (1, 2):
         lab.start_agent(node, lab.write_config(node, l2="cluster-mac", backend=backend, shared=True))
     start_servers(lab)
@@ -207,11 +145,11 @@ def test_a_joining_node_takes_its_share_and_no_request_is_answered_twice(lab) ->
     ICMP hashes on the source alone: a bucket owned by both nodes at once would answer one
     request twice, from two MACs."""
     sources = SOURCES[:100]
-    add_sources(lab, sources)
+    lab.add_client_sources(sources)
     lab.start_agent(1, lab.write_config(1, l2="cluster-mac", backend="xdp", shared=True))
     wait_for(lambda: len(owned(lab, 1)) == BUCKETS, what="fw1 owning every bucket")
     lab.resolve([V4[1]])
-    ping = lab.spawn("client", [sys.executable, "-c", PING_FROM, V4[1], "4", "0.01", *sources],
+    ping = lab.spawn("client", [sys.executable, "-m", "agent.labflows", "ping", V4[1], "4", "0.01", *sources],
                      stdout=subprocess.PIPE, text=True)
     assert ping.stdout.readline().strip() == "ready"
     lab.start_agent(2, lab.write_config(2, l2="cluster-mac", backend="xdp", shared=True))
@@ -221,13 +159,13 @@ def test_a_joining_node_takes_its_share_and_no_request_is_answered_twice(lab) ->
     assert 0.3 < share < 0.7, share
 
     per_request: dict[tuple[str, int], set[str]] = {}
-    for src, seq, mac in result["replies"]:
+    for src, seq, mac, _at in result["replies"]:
         per_request.setdefault((src, seq), set()).add(mac)
     twice = {k: v for k, v in per_request.items() if len(v) > 1}
     assert not twice, f"{len(twice)} requests answered by two nodes, e.g. {list(twice.items())[:3]}"
     # The replies came from both nodes, and most requests were answered (a moving bucket
     # is dropped for the claim's round trip).
-    macs = {mac for _, _, mac in result["replies"]}
+    macs = {mac for _, _, mac, _ in result["replies"]}
     assert macs == {lab.mac("fw1", "ext0"), lab.mac("fw2", "ext0")}
     assert len(per_request) > 0.9 * result["sent"], (len(per_request), result["sent"])
 
@@ -237,7 +175,7 @@ MANY = [str(ipaddress.ip_address("198.19.0.10") + i) for i in range(1000)]
 
 @pytest.mark.lab(heartbeat="switched", nodes=3)
 def test_three_nodes_split_1000_sources_by_their_buckets_and_survive_a_kill(lab) -> None:
-    add_sources(lab, MANY, route="198.19.0.0/22")
+    lab.add_client_sources(MANY, route="198.19.0.0/22")
     for node in (1, 2, 3):
         lab.start_agent(node, lab.write_config(node, l2="cluster-mac", backend="xdp", shared=True))
     start_servers(lab)
