@@ -302,9 +302,10 @@ class Node:
         self._actions.extend(TakeBlock(name, "reload: block added") for name in blocks if name not in old)
 
     def buckets_applied(self, name: str, buckets: Collection[int]) -> None:
-        """The kernel accepts exactly these buckets of active/active block `name` now."""
-        if self._sharing is not None:
-            self._sharing.applied(name, buckets)
+        """The kernel accepts exactly these buckets of active/active block `name` now; a
+        release it applied is advertised at once, for the peer waiting to claim."""
+        if self._sharing is not None and self._sharing.applied(name, buckets) and self._state is not State.INIT:
+            self._send(FrameType.ADVERT)
 
     def set_shared_blocks(self, blocks: Collection[SharedBlock], now: float) -> None:
         """The configured active/active blocks changed (reload)."""
@@ -564,6 +565,8 @@ class Node:
         live = {p.node_id for p in self._peers.values() if self._live(p, now)}
         serving = self._state in (State.BACKUP, State.MASTER) and now >= self._share_after
         self._actions.extend(self._sharing.step(live, serving, reason))
+        if self._sharing.take_news() and self._state is not State.INIT:
+            self._send(FrameType.ADVERT)
 
     # -- output -------------------------------------------------------------
 

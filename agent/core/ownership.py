@@ -127,6 +127,11 @@ class BlockOwnership:
                     frozenset(self.owned) | frozenset(applied), frozenset(self.claiming),
                     {p: (v.epoch, v.generation) for p, v in self.peers.items()})
 
+    def touch(self) -> None:
+        """What the view says changed without a decision (the kernel applied one): a new
+        generation, so that peers take the view in."""
+        self.generation += 1
+
     # --- the decision --------------------------------------------------------------------
 
     def step(self, live: Collection[int], serving: bool = True) -> bool:

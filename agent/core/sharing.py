@@ -43,6 +43,8 @@ class Sharing:
         # What the last step decided with: a step with the same inputs changes nothing.
         self._last_live: frozenset[int] | None = None
         self._dirty: set[str] = set()
+        # Something a peer waits to hear: our view changed, or a peer's did and we saw it.
+        self._news = False
         self.set_blocks(blocks)
 
     def set_blocks(self, blocks: Collection[SharedBlock]) -> list[Action]:
@@ -79,13 +81,25 @@ class Sharing:
             if own is None or item.buckets != own.buckets or item.view.node_id != node_id:
                 self.unknown_views += 1
                 continue
+            known = own.peers.get(node_id)
             if own.hear(item.view):
                 self._dirty.add(name)
+                # A new generation from a peer wants our acknowledgement soon.
+                if known is None or (known.epoch, known.generation) != (item.view.epoch, item.view.generation):
+                    self._news = True
 
-    def applied(self, name: str, buckets: Collection[int]) -> None:
-        """The kernel now accepts exactly these buckets of the block."""
-        if name in self._blocks:
-            self._applied[name] = frozenset(buckets)
+    def applied(self, name: str, buckets: Collection[int]) -> bool:
+        """The kernel now accepts exactly these buckets of the block; True if the view to
+        advertise changed (a release applied: peers may claim now)."""
+        own = self._blocks.get(name)
+        if own is None or self._applied.get(name, frozenset()) == frozenset(buckets):
+            return False
+        before = own.view(self._applied.get(name, ())).owned
+        self._applied[name] = frozenset(buckets)
+        if own.view(self._applied[name]).owned == before:
+            return False
+        own.touch()
+        return True
 
     def step(self, live: Collection[int], serving: bool, reason: str) -> list[Action]:
         """Decide again, with the peers the election counts live and whether this node
@@ -97,7 +111,8 @@ class Sharing:
         again = set(self._blocks) if (live, serving) != (self._last_live, self.serving) else self._dirty
         for name in sorted(again & set(self._blocks)):
             own = self._blocks[name]
-            own.step(live, serving)
+            if own.step(live, serving):
+                self._news = True
             if frozenset(own.owned) != self._decided.get(name, frozenset()):
                 self._decided[name] = frozenset(own.owned)
                 actions.append(OwnBuckets(name, self._decided[name], reason))
@@ -107,6 +122,13 @@ class Sharing:
             actions.extend(ReleaseBlock(name, reason) for name in sorted(self._blocks))
         self.serving, self._last_live = serving, live
         return actions
+
+    def take_news(self) -> bool:
+        """Whether a frame should go out now, not at the next advert: a claim waits for every
+        peer's acknowledgement, and each costs an advert interval if it waits for the schedule.
+        Only generations trigger it, never an acknowledgement alone, so it cannot ping-pong."""
+        news, self._news = self._news, False
+        return news
 
     def snapshot(self) -> dict:
         return {"serving": self.serving, "unknown_views": self.unknown_views, "blocks": {

@@ -98,8 +98,9 @@ class Daemon:
             self.runner.own(self.configuration.block(action.name), action.buckets, current, self._buckets_applied)
 
     def _buckets_applied(self, name: str, buckets: frozenset[int]) -> None:
-        """The kernel holds these buckets now: the next frame may say so."""
+        """The kernel holds these buckets now: a frame may say so."""
         self.pump.node.buckets_applied(name, buckets)
+        self.pump.process()
 
     def _ping_watchdog(self, now: float) -> None:
         """WATCHDOG=1 only from the core's own timer: if adverts stop, so do the pings."""

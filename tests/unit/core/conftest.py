@@ -266,7 +266,13 @@ class Cluster:
 
     def _drain(self, node_id: int) -> None:
         member = self.members[node_id]
-        for action in member.node.actions():
+        while actions := member.node.actions():
+            self._carry_out(node_id, member, actions)
+        shared = {b.name for b in self.shared}
+        assert member.holds - shared == (set(BLOCK_NAMES) if member.node.state is State.MASTER else set()), node_id
+
+    def _carry_out(self, node_id: int, member: Member, actions: list) -> None:
+        for action in actions:
             if isinstance(action, SendFrame):
                 self._send(node_id, action.data)
             elif isinstance(action, TakeBlock):
@@ -283,8 +289,6 @@ class Cluster:
                 if action.new is State.MASTER:
                     member.term += 1
                 self.log.append((self.now, node_id, action))
-        shared = {b.name for b in self.shared}
-        assert member.holds - shared == (set(BLOCK_NAMES) if member.node.state is State.MASTER else set()), node_id
 
     def _send(self, src: int, data: bytes) -> None:
         sender = self.members[src]
