@@ -355,8 +355,9 @@ class Node:
         if new is State.BACKUP:
             self._quiet_until = now + self._config.dead_interval
         if new is State.BACKUP and old in (State.INIT, State.FAULT):
-            # Out of touch until now: hear every peer's view before claiming a bucket.
-            self._share_after = now + self._config.dead_interval
+            # Out of touch until now: hear every peer's view before claiming a bucket, and
+            # hold off another preempt_delay, as a recovered node does before it preempts.
+            self._share_after = now + self._config.dead_interval + self._config.preempt_delay
         if old is not State.MASTER:
             self._send(FrameType.ADVERT)
         self._next_advert = now + self._config.advert_interval

@@ -101,3 +101,12 @@ def test_lossy_links_still_never_own_a_bucket_twice() -> None:
     c.loss = 0.0
     c.run_for(1.0, check=no_bucket_twice)
     assert whole(c)
+
+
+def test_a_recovered_node_holds_off_its_share_for_its_preempt_delay() -> None:
+    c = Cluster([ElectionConfig(1, 199), ElectionConfig(2, 198, preempt_delay=0.6)], shared=SHARED)
+    c.start()
+    c.run_for(0.5, check=no_bucket_twice)
+    assert not c.members[2].buckets.get("web") and len(c.members[1].buckets["web"]) == BUCKETS
+    c.run_for(1.0, check=no_bucket_twice)
+    assert whole(c)
