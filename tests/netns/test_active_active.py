@@ -18,7 +18,8 @@ import sys
 import pytest
 
 from agent.core.buckets import HashFields, bucket
-from agent.lab import Lab
+from agent.core.ownership import targets
+from agent.lab import HB_PORT, Lab
 from test_shared_mac import PORT, SERVER, V4
 from waiting import wait_for
 
@@ -208,3 +209,26 @@ def test_three_nodes_split_1000_sources_by_their_buckets_and_survive_a_kill(lab)
     assert again == expected_owner(lab, (2, 3), MANY)
     # Flows the survivors had kept their node.
     assert all(again[src] == who for src, who in got.items() if who != "fw1")
+
+
+@pytest.mark.lab(heartbeat="switched")
+def test_a_partition_leaves_each_side_every_bucket_and_the_heal_splits_them_again(lab) -> None:
+    """fw2's heartbeat frames are dropped both ways (links stay up): each node counts the
+    other dead and owns every bucket, as CLUSTERIP's nodes would alone. Once the frames pass
+    again the duplicates are released and each bucket has one owner."""
+    for node in (1, 2):
+        lab.start_agent(node, lab.write_config(node, l2="cluster-mac", backend="xdp", shared=True))
+    wait_for(lambda: split(lab), what="the buckets split")
+    cut = (f"add table inet dpt_cut; add chain inet dpt_cut in {{ type filter hook input priority 0; }}; "
+           f"add chain inet dpt_cut out {{ type filter hook output priority 0; }}; "
+           f"add rule inet dpt_cut in udp dport {HB_PORT} drop; add rule inet dpt_cut out udp dport {HB_PORT} drop")
+    lab.exec("fw2", ["nft", cut])
+    wait_for(lambda: len(owned(lab, 1)) == len(owned(lab, 2)) == BUCKETS, what="each side owning every bucket")
+    lab.exec("fw2", ["nft", "delete table inet dpt_cut"])
+    wait_for(lambda: split(lab), what="one owner per bucket after the heal")
+    assert owned(lab, 1) == expected_share(1)
+
+
+def expected_share(node: int) -> set[int]:
+    """The buckets rendezvous hashing gives `node` among the two."""
+    return {b for b, owner in enumerate(targets("ext", {1: 1.0, 2: 1.0}, BUCKETS)) if owner == node}
