@@ -78,8 +78,6 @@ NODES = {
     1: NodeAddresses("203.0.113.1", "198.51.100.1", "192.0.2.1", "192.0.2.5"),
     2: NodeAddresses("203.0.113.2", "198.51.100.2", "192.0.2.2", "192.0.2.6"),
 }
-# Beyond a pair, every node's heartbeat links share a switch and a /28 each.
-HB_PREFIXLEN = {2: 30, "more": 28}
 
 
 def node_addresses(count: int) -> dict[int, NodeAddresses]:
@@ -118,7 +116,8 @@ class Lab:
         if not 2 <= nodes <= MAX_NODES or (nodes > 2 and heartbeat == "direct"):
             raise ValueError(f"{nodes} nodes: 2 with direct cables, 2..{MAX_NODES} switched")
         self.addresses = node_addresses(nodes)
-        self.hb_prefixlen = HB_PREFIXLEN[2 if nodes == 2 else "more"]
+        # A pair's heartbeat links are /30s (cables or switches); beyond, switches with a /28 each.
+        self.hb_prefixlen = 30 if nodes == 2 else 28
         self.prefix = prefix or f"dpl{secrets.token_hex(3)}"
         self.heartbeat = heartbeat
         self.netns = Namespaces(self.prefix)
