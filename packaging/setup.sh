@@ -27,7 +27,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$venv/bin/pip" install -q --disable-pip-version-check -e '.[test]'
     touch "$stamp"
 fi
-"$venv/bin/python" -c 'import nftables, pyroute2, uvloop, cffi' || {
+"$venv/bin/python" -c 'import nftables, prometheus_client, pyroute2, uvloop, cffi' || {
     echo "setup: the virtual environment cannot import its runtime modules" >&2
     exit 1
 }

@@ -1,12 +1,19 @@
-"""Prometheus text exposition of the daemon's status, one `dpagent_` prefix, base units.
+"""Prometheus metrics of the daemon's status document, written by the standard client library.
 
-Rendered from the same status document `agentctl status --json` shows, so the two
-can never disagree. Role numbers follow keepalived-exporter (0 INIT .. 3 FAULT).
+A collector builds the metric families from the same status document `agentctl
+status --json` shows, so the two can never disagree, and prometheus_client
+(Debian's python3-prometheus-client) writes the exposition format. One
+`dpagent_` prefix, base units, counters ending in `_total`; role numbers follow
+keepalived-exporter (0 INIT .. 3 FAULT).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 
 def _version() -> str:
@@ -16,27 +23,41 @@ def _version() -> str:
         return "unknown"
 
 
-def _labels(**labels: object) -> str:
-    if not labels:
-        return ""
-    escaped = {k: str(v).replace("\\", "\\\\").replace('"', '\\"') for k, v in labels.items()}
-    return "{" + ",".join(f'{k}="{v}"' for k, v in escaped.items()) + "}"
+class _Families:
+    """The metric families of one scrape, in the order they are added."""
 
-
-class _Writer:
     def __init__(self) -> None:
-        self.lines: list[str] = []
+        self.families: list[Metric] = []
 
     def metric(self, name: str, kind: str, help_text: str, samples: list[tuple[dict, float]]) -> None:
-        self.lines.append(f"# HELP {name} {help_text}")
-        self.lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            self.lines.append(f"{name}{_labels(**labels)} {value}")
+        labels = list(samples[0][0]) if samples else []
+        family: Metric = (CounterMetricFamily(name.removesuffix("_total"), help_text, labels=labels)
+                          if kind == "counter" else GaugeMetricFamily(name, help_text, labels=labels))
+        for sample_labels, value in samples:
+            family.add_metric([str(sample_labels[k]) for k in labels], value)
+        self.families.append(family)
+
+
+class StatusCollector:
+    """A prometheus_client collector over whatever returns the current status document."""
+
+    def __init__(self, status: Callable[[], dict]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self._status())
 
 
 def render(status: dict) -> str:
+    """The exposition text of one status document (`agentctl metrics`)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(lambda: status))
+    return generate_latest(registry).decode()
+
+
+def families(status: dict) -> list[Metric]:
     node = status["node"]
-    out = _Writer()
+    out = _Families()
     out.metric("dpagent_build_info", "gauge", "Build information.", [({"version": _version()}, 1)])
     out.metric("dpagent_state", "gauge", "Node state: 0 INIT, 1 BACKUP, 2 MASTER, 3 FAULT, 4 MAINTENANCE.",
                [({}, node["state"]["number"])])
@@ -99,4 +120,4 @@ def render(status: dict) -> str:
                [({}, status["loop"]["max_lag_s"])])
     out.metric("dpagent_loop_stalls_total", "counter", "Timer firings late by more than one advert interval.",
                [({}, status["loop"]["stalls"])])
-    return "\n".join(out.lines) + "\n"
+    return out.families

@@ -21,6 +21,7 @@ from agent.core.buckets import HashFields, bucket
 from agent.core.ownership import targets
 from agent.lab import HB_PORT, Lab
 from test_shared_mac import PORT, SERVER, V4
+from scrape import samples
 from waiting import wait_for
 
 SOURCES = [str(ipaddress.ip_address("203.0.113.40") + i) for i in range(200)]
@@ -119,8 +120,8 @@ def test_both_nodes_serve_each_flow_answered_by_its_bucket_owner_and_a_kill_move
     table = json.loads(agentctl(lab, 2, "--json", "buckets"))["ext"]
     assert sum(r["last"] - r["first"] + 1 for r in table) == BUCKETS
     assert all(len(r["owners"]) == 1 for r in table)
-    metrics = agentctl(lab, 1, "metrics")
-    assert f'dpagent_shared_buckets_owned{{block="ext"}} {len(owned(lab, 1))}' in metrics
+    metrics = samples(agentctl(lab, 1, "metrics"))
+    assert metrics[("dpagent_shared_buckets_owned", (("block", "ext"),))] == len(owned(lab, 1))
 
     # A stream from a source of fw2's: it must not notice fw1's death.
     src2 = next(src for src, who in want.items() if who == "fw2")

@@ -14,6 +14,7 @@ import pytest
 from agent.core.election import TIE_MARGIN
 from agent.lab import Lab
 from agent.labprobe import outage
+from scrape import samples
 
 PROBE_SECONDS = 4.0
 
@@ -177,13 +178,12 @@ def test_agentctl_status_json_and_metrics_describe_the_cluster(lab):
     assert status["node"]["peers"][0]["age_s"] < 1.0
     assert status["blocks"][0]["held"] is True
 
-    metrics = agentctl(lab, 1, "metrics").stdout.splitlines()
-    samples = dict(line.rsplit(" ", 1) for line in metrics if not line.startswith("#"))
-    assert samples["dpagent_state"] == "2"
-    assert samples['dpagent_block_held{block="ext"}'] == "1"
-    assert samples['dpagent_block_addresses{block="ext"}'] == "65536"
-    assert 'dpagent_peer_last_frame_age_seconds{peer="2"}' in samples
-    assert float(samples["dpagent_heartbeat_frames_sent_total"]) > 0
+    metrics = samples(agentctl(lab, 1, "metrics").stdout)
+    assert metrics[("dpagent_state", ())] == 2
+    assert metrics[("dpagent_block_held", (("block", "ext"),))] == 1
+    assert metrics[("dpagent_block_addresses", (("block", "ext"),))] == 65536
+    assert ("dpagent_peer_last_frame_age_seconds", (("peer", "2"),)) in metrics
+    assert metrics[("dpagent_heartbeat_frames_sent_total", ())] > 0
 
     unreachable = subprocess.run([sys.executable, "-m", "agent.cli", "-s", str(lab.dir / "nothing.sock"), "status"],
                                  capture_output=True, text=True)

@@ -15,6 +15,7 @@ import sys
 import time
 
 from agent.lab import BLOCK_V4, HB_PORT, Lab
+from scrape import samples
 from waiting import wait_for
 
 SAMPLE_V4 = ["198.18.0.1", "198.18.128.7", "198.18.255.254"]
@@ -148,7 +149,7 @@ def test_a_route_removed_behind_the_agents_back_is_put_back_and_counted(lab):
     status = wait_for(lambda: (s := lab.status(1)) and s["repairs"].get("ext") and s, 30, "repaired")
     assert status["repairs"] == {"ext": 1}
     assert lab.holds_block(1)
-    assert "dpagent_block_repaired_total{block=\"ext\"} 1" in agentctl(lab, 1, "metrics").stdout
+    assert samples(agentctl(lab, 1, "metrics").stdout)[("dpagent_block_repaired_total", (("block", "ext"),))] == 1
 
 
 def heartbeat_filter(lab: Lab, node: int, rule: str) -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from agent.lab import CLUSTER_MAC, Lab
 from test_shared_mac import BLOCK_V6, V4, V6, connect, start_servers
+from scrape import samples
 from waiting import wait_for
 
 # The XDP program on an interface of the namespace, and its counters summed over all
@@ -78,9 +79,9 @@ def test_xdp_backend_serves_tcp_and_fails_over_after_a_kill(lab) -> None:
     status = lab.status(2)
     assert status["xdp"]["blocks"]["ext"]["owned"] == 256
     assert status["xdp"]["blocks"]["ext"]["packets"]["passed"] > 0
-    metrics = lab.exec("fw2", [sys.executable, "-m", "agent.cli", "-s", lab.socket_path(2), "metrics"]).stdout
-    assert 'dpagent_xdp_attached{interface="ext0",mode="generic"} 1' in metrics
-    assert 'dpagent_xdp_packets_total{block="ext",result="passed"}' in metrics
+    metrics = samples(lab.exec("fw2", [sys.executable, "-m", "agent.cli", "-s", lab.socket_path(2), "metrics"]).stdout)
+    assert metrics[("dpagent_xdp_attached", (("interface", "ext0"), ("mode", "generic")))] == 1
+    assert metrics[("dpagent_xdp_packets_total", (("block", "ext"), ("result", "passed")))] > 0
 
 
 @pytest.mark.lab(heartbeat="switched")
