@@ -281,10 +281,11 @@ class Lab:
                      preempt_delay: float = 0.0, advert_interval: float = 0.05,
                      key_hex: str = KEY_HEX, block: str = BLOCK_V4, block_v6: bool | str = False,
                      announce: str = "", heartbeat: str = "group", l2: str = "garp",
-                     backend: str = "nft", shared: bool = False) -> Path:
+                     backend: str = "nft", shared: bool = False, metrics: str | None = None) -> Path:
         """An agent configuration for fw<node>; `announce` is extra TOML for the block;
         `l2` its L2 mode (vmac: VRID 51; cluster-mac: one cluster MAC per block, its
-        filter in `backend`, "nft" or "xdp"; `shared`: the IPv4 block active/active);
+        filter in `backend`, "nft" or "xdp"; `shared`: the IPv4 block active/active;
+        `metrics`: the Prometheus listener's ADDRESS:PORT);
         `block_v6` adds the IPv6 block (True: BLOCK_V6, or a prefix inside it);
         `heartbeat` is "group" (IPv4 multicast), "group6" (IPv6 link-local multicast)
         or "unicast" (the peer's hb addresses)."""
@@ -315,6 +316,7 @@ key_file = "{key}"
 
 [control]
 socket = "{self.socket_path(node)}"
+{f'[metrics]{chr(10)}listen = "{metrics}"' if metrics else ""}
 
 [[heartbeat]]
 interface = "hb0"

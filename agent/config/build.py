@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable
+from ipaddress import ip_address
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,7 +18,7 @@ from agent.config.blocks import build_blocks
 from agent.config.files import read_text
 from agent.config.keys import Keys, read_keys
 from agent.config.messages import ConfigError, ConfigInvalid, reason
-from agent.config.model import Config, HeartbeatLink, NodeConfig
+from agent.config.model import Block, Config, HeartbeatLink, NodeConfig
 from agent.config.parse import Table, parse_address
 from agent.config.schema import SUN_PATH_MAX, TABLES_BY_PATH
 from agent.core.packing import IPAddress
@@ -51,10 +52,42 @@ def _build_config(path: Path, document: dict, errors: list[ConfigError]) -> Conf
     control_socket = _built(top, "control", base, _control)
     heartbeat = _heartbeats(top.value("heartbeat"), errors)  # type: ignore[arg-type]
     blocks = build_blocks(top.value("block"), base, errors)  # type: ignore[arg-type]
-    if None in (node, auth, control_socket, heartbeat, blocks):
+    listen = _metrics(top, heartbeat, blocks)
+    if None in (node, auth, control_socket, heartbeat, blocks) or listen is False:
         return None
     key_file, keys = auth  # type: ignore[misc]
-    return Config(path, node, heartbeat, key_file, control_socket, blocks, keys)  # type: ignore[arg-type]
+    return Config(path, node, heartbeat, key_file, control_socket, blocks, keys,  # type: ignore[arg-type]
+                  listen or None)
+
+
+def _metrics(top: Table, heartbeat: tuple[HeartbeatLink, ...] | None,
+             blocks: tuple[Block, ...] | None) -> tuple[str, int] | None | bool:
+    """The metrics listener's (address, port); None when off, False after an error."""
+    table = top.value("metrics")
+    if table is None:
+        return None
+    t = Table(table, "metrics", top.errors, TABLES_BY_PATH["metrics"])  # type: ignore[arg-type]
+    text = t.value("listen")
+    if text is None:
+        return None
+    host, sep, port = str(text).rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    try:
+        address = ip_address(host)
+        number = int(port)
+    except ValueError:
+        address, number = None, 0
+    # An IPv6 address in brackets, as in a URL: "::1:9412" could be either.
+    if not sep or address is None or not 1 <= number <= 65535 or (address.version == 6) != bracketed:
+        t.error("listen", text, 'must be ADDRESS:PORT, e.g. "127.0.0.1:9412" or "[::1]:9412"')
+        return False
+    taken = {str(a) for link in heartbeat or () for a in (link.group, *link.peers) if a is not None}
+    if str(address) in taken or any(address in p for b in blocks or () for p in b.prefixes) or any(
+            address == a for b in blocks or () for a in b.addresses):
+        t.error("listen", text, "is an address of a block or a heartbeat link: metrics must not listen there")
+        return False
+    return str(address), number
 
 
 def _built(top: Table, name: str, base: Path, build: Callable[[Table, Path], T | None]) -> T | None:

@@ -43,6 +43,7 @@ SECTIONS = (
                      "realtime_priority": 10, "state_dir": "/var/lib/dpagent"}),
     Section("auth", {"key_file": "/etc/dpagent/key"}),
     Section("control", {"socket": "/run/dpagent/control.sock"}),
+    Section("metrics", {"listen": "127.0.0.1:9412"}),
     Section("heartbeat", {"interface": "eth0", "group": "224.0.0.18", "port": 7788}),
     Section("heartbeat", {"interface": "eth2", "peers": ["192.0.2.2"], "port": 7788},
             caption="A directly connected link (the old conntrackd sync link, say).",

@@ -132,3 +132,5 @@ class Config:
     blocks: tuple[Block, ...]
     # (key id, secret) pairs from key_file, the sending key first; never printed.
     keys: tuple[tuple[int, bytes], ...] = field(default=(), repr=False)
+    # (address, port) of the Prometheus HTTP listener, or None: off.
+    metrics_listen: tuple[str, int] | None = None

@@ -87,6 +87,7 @@ _TOP = (
     Key("node", TABLE, None, None, "This node: its identity and its part in the election."),
     Key("auth", TABLE, None, None, "The keys that authenticate heartbeat and sync frames."),
     Key("control", TABLE, None, None, "The local control socket."),
+    Key("metrics", TABLE, None, None, "Prometheus metrics over HTTP; off unless `listen` is given."),
     Key("heartbeat", TABLES, None, None,
         "One [[heartbeat]] table per link the adverts are sent on; at least one, and at "
         "most one per interface. Two independent links make a split brain less likely."),
@@ -150,6 +151,13 @@ _AUTH = (
 _CONTROL = (
     Key("socket", PATH, None, "/run/dpagent/control.sock",
         f"Unix socket that `agentctl` talks to; at most {SUN_PATH_MAX} bytes."),
+)
+
+_METRICS = (
+    Key("listen", STRING, None, None,
+        'ADDRESS:PORT to serve /metrics on over HTTP, e.g. "127.0.0.1:9412" or "[::1]:9412"; left '
+        "out, there is no listener (`agentctl metrics` shows the same). Never an address of a block "
+        "or of a heartbeat link. Changing it needs a restart."),
 )
 
 _HEARTBEAT = (
@@ -258,6 +266,7 @@ TABLES_BY_PATH: dict[str, tuple[Key, ...]] = {
     "node": _NODE,
     "auth": _AUTH,
     "control": _CONTROL,
+    "metrics": _METRICS,
     "heartbeat": _HEARTBEAT,
     "block": _BLOCK,
     "block.announce": _ANNOUNCE,

@@ -32,6 +32,7 @@ from agent.runtime.notify import Notifier
 from agent.runtime.pump import CorePump
 from agent.runtime.reconfigure import Configuration, active_passive, shared_blocks
 from agent.runtime.runner import StepRunner
+from agent.runtime.scrape import MetricsListener
 from agent.runtime.scheduling import raise_loop_priority
 from agent.runtime.transitions import History
 
@@ -65,6 +66,7 @@ class Daemon:
         handlers = verbs.handlers(self.pump, self.status, metrics.render, self.configuration.reload)
         self.control = ControlServer(str(config.control_socket), handlers)
         self.monitor: LinkMonitor | None = None
+        self.metrics: MetricsListener | None = None
         self.leftovers: dict = {}
         self.scheduling = "normal"
         self.state_changes = 0
@@ -174,6 +176,13 @@ class Daemon:
                       self.epoch_problem)
         # First, before touching the kernel: a second agent must not clean up the first one's routes.
         await self.control.start()
+        if config.metrics_listen is not None:
+            try:
+                self.metrics = MetricsListener(self.loop, self.status, *config.metrics_listen)
+                self.metrics.start()
+            except OSError as exc:
+                log.error("metrics: cannot listen on %s port %d: %s; running without", *config.metrics_listen,
+                          exc.strerror or exc)
         self.runner.start()
         self.runner.prepare(config.blocks, None)
         await self.runner.drain(timeout=None)
@@ -215,6 +224,9 @@ class Daemon:
         for port in self.ports.values():
             port.close()
         await self.control.close()
+        if self.metrics is not None:
+            # Off the loop: a scrape in progress waits for the loop to answer it.
+            await self.loop.run_in_executor(None, self.metrics.close)
         for step in self.runner.steps.values():
             await step.close()
         for pool in self.workers.values():

@@ -25,7 +25,7 @@ from agent.runtime.transitions import History
 
 log = logging.getLogger("dpagent")
 
-NEEDS_RESTART = ("node", "heartbeat", "control_socket")
+NEEDS_RESTART = ("node", "heartbeat", "control_socket", "metrics_listen")
 
 
 def active_passive(blocks: Sequence[Block]) -> tuple[str, ...]:

@@ -232,3 +232,17 @@ def test_heartbeat_links_back_up_without_carrier_end_the_fault(lab):
     status = lab.wait_state(1, "MASTER", timeout=3)
     assert {link["name"]: link["kernel"] for link in status["links"]} == {"hb0": "no carrier", "hb1": "no carrier"}
     wait_holders(lab, [1])
+
+
+def test_metrics_over_http_when_a_listener_is_configured(lab):
+    """`[metrics] listen`: prometheus_client serves the same families over HTTP, from a thread
+    of its own; the agent stops cleanly with it."""
+    lab.start_agent(1, lab.write_config(1, metrics="127.0.0.1:9412"))
+    lab.wait_state(1, "MASTER")
+    fetch = ("import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9412/metrics', timeout=5)"
+             ".read().decode())")
+    scraped = samples(lab.exec("fw1", [sys.executable, "-c", fetch]).stdout)
+    assert scraped[("dpagent_state", ())] == 2
+    assert scraped[("dpagent_block_held", (("block", "ext"),))] == 1
+    lab.kill_agent(1, signal.SIGTERM)
+    assert lab.agents[1].returncode == 0
