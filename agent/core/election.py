@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from agent.core.actions import Action, Announce, ReleaseBlock, SendFrame, StateChanged, TakeBlock
@@ -186,7 +186,7 @@ class Node:
         self._replay = ReplayGuard()
         self._drops: Counter[str] = Counter()
         self._counters: Counter[str] = Counter(
-            frames_sent=0, frames_received=0, duplicates=0, reordered=0)
+            frames_sent=0, frames_received=0, duplicates=0, reordered=0, views_left_out=0)
         self._now = 0.0
         self._next_advert: float | None = None
         self._quiet_until = 0.0
@@ -306,6 +306,12 @@ class Node:
         release it applied is advertised at once, for the peer waiting to claim."""
         if self._sharing is not None and self._sharing.applied(name, buckets) and self._state is not State.INIT:
             self._send(FrameType.ADVERT)
+
+    def shared_block_taken_again(self, name: str, now: float) -> None:
+        """A reload replaced a held active/active block: its share is handed over again."""
+        if self._sharing is not None:
+            self._sharing.taken_again(name)
+            self._share("reload", now)
 
     def set_shared_blocks(self, blocks: Collection[SharedBlock], now: float) -> None:
         """The configured active/active blocks changed (reload)."""
@@ -581,7 +587,14 @@ class Node:
         )
         self._seq += 1
         self._counters["frames_sent"] += 1
-        self._actions.append(SendFrame(encode(frame, self._keys)))
+        try:
+            data = encode(frame, self._keys)
+        except ValueError:
+            # More peers than the views were sized for: the election goes on without them,
+            # and peers that lack our views gain no bucket (agent.core.ownership).
+            self._counters["views_left_out"] += 1
+            data = encode(replace(frame, views=()), self._keys)
+        self._actions.append(SendFrame(data))
 
     def snapshot(self, now: float) -> dict:
         """Everything `agentctl status` shows, as JSON-able plain data."""

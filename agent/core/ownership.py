@@ -83,13 +83,16 @@ def _targets(block: str, live: tuple[tuple[int, float], ...], buckets: int) -> t
 class BlockOwnership:
     """One node's side of one block's buckets."""
 
-    def __init__(self, block: str, node_id: int, buckets: int, weight: float = 1.0, epoch: int = 0) -> None:
+    def __init__(self, block: str, node_id: int, buckets: int, weight: float = 1.0, epoch: int = 0,
+                 generation: int = 0) -> None:
         if not 1 <= buckets <= 1 << 16:
             raise ValueError(f"buckets must be 1..65536, not {buckets}")
         if not 0 <= weight <= MAX_WEIGHT:
             raise ValueError(f"weight must be 0..{MAX_WEIGHT:g}, not {weight}")
-        self.block, self.node_id, self.buckets, self.weight = block, node_id, buckets, weight
-        self.epoch, self.generation = epoch, 0
+        # Thousandths, as the frame carries it: every node must score this node alike.
+        self.block, self.node_id, self.buckets, self.weight = block, node_id, buckets, round(weight * 1000) / 1000
+        # A block redefined by a reload starts past its old generations, in the same epoch.
+        self.epoch, self.generation = epoch, generation
         self.owned: set[int] = set()
         self.claiming: dict[int, int] = {}  # bucket -> the generation that first advertised the claim
         self.peers: dict[int, View] = {}
@@ -123,9 +126,10 @@ class BlockOwnership:
     def view(self, applied: Collection[int] = ()) -> View:
         """This node's view to advertise: owned includes what the kernel still holds (`applied`),
         so a release is advertised only once the kernel has dropped the bucket."""
+        owned = frozenset(self.owned) | frozenset(applied)
+        # A bucket the kernel still holds is advertised owned, not claimed as well.
         return View(self.node_id, self.epoch, self.generation, self.weight if self.serving else 0.0,
-                    frozenset(self.owned) | frozenset(applied), frozenset(self.claiming),
-                    {p: (v.epoch, v.generation) for p, v in self.peers.items()})
+                    owned, frozenset(self.claiming) - owned, {p: (v.epoch, v.generation) for p, v in self.peers.items()})
 
     def touch(self) -> None:
         """What the view says changed without a decision (the kernel applied one): a new
@@ -140,6 +144,8 @@ class BlockOwnership:
         for gone in set(self.peers) - set(live):
             self.forget(gone)
         peers = list(self.peers.values())
+        # A live peer whose view we lack may own anything: gain nothing until it is heard.
+        unheard = any(p not in self.peers for p in live)
         before = (set(self.owned), dict(self.claiming), self.serving)
         self.serving = serving
         members = {v.node_id: v.weight for v in peers} | {self.node_id: self.weight if serving else 0.0}
@@ -156,13 +162,13 @@ class BlockOwnership:
         # New claims: this node's buckets that no live peer owns or claims better. They are
         # first advertised in the next generation.
         claim_at = self.generation + 1
-        for b in range(self.buckets):
+        for b in range(0 if unheard else self.buckets):
             if target[b] == self.node_id and b not in self.owned and b not in self.claiming and not any(
                     b in v.owned or (b in v.claiming and self._beats(v, b)) for v in peers):
                 self.claiming[b] = claim_at
         # A claim becomes ownership once every live peer has seen it and keeps off the bucket
         # (with no live peer, at once: the dead interval has already fenced the others).
-        for b, since in list(self.claiming.items()):
+        for b, since in list(self.claiming.items()) if not unheard else ():
             if all(v.seen.get(self.node_id, (-1, -1)) >= (self.epoch, since) and b not in v.owned and not (
                     b in v.claiming and self._beats(v, b)) for v in peers):
                 del self.claiming[b]

@@ -52,22 +52,34 @@ class Sharing:
         weight changed starts over; one that is gone is released."""
         actions: list[Action] = []
         wanted = {b.name: b for b in blocks}
+        past: dict[str, int] = {}
         for name in list(self._blocks):
             if wanted.get(name) != self._settings[name]:
                 if self.serving:
                     actions.append(ReleaseBlock(name, "reload: active/active block changed or removed"))
+                past[name] = self._blocks[name].generation
                 del self._blocks[name], self._settings[name]
                 self._applied.pop(name, None)
                 self._decided.pop(name, None)
         for name, block in wanted.items():
             if name not in self._blocks:
-                self._blocks[name] = BlockOwnership(name, self.node_id, block.buckets, block.weight, self.epoch)
+                # Past the old definition's generations: peers would take the new views for old
+                # ones, and their acknowledgements of the old claims for acknowledgements of new.
+                self._blocks[name] = BlockOwnership(name, self.node_id, block.buckets, block.weight, self.epoch,
+                                                    past.get(name, -1) + 1)
                 self._settings[name] = block
                 self._dirty.add(name)
                 if self.serving:
                     actions.append(TakeBlock(name, "reload: active/active block added"))
         self._by_id = {block_id(name): name for name in self._blocks}
         return actions
+
+    def taken_again(self, name: str) -> None:
+        """The runtime took the block again (a reload replaced it): it holds no bucket now,
+        so the next step hands over the share again."""
+        self._decided.pop(name, None)
+        self._applied.pop(name, None)
+        self._dirty.add(name)
 
     def views(self) -> tuple[BlockView, ...]:
         return tuple(BlockView(block_id(name), own.buckets, own.view(self._applied.get(name, ())))
@@ -107,6 +119,8 @@ class Sharing:
         actions: list[Action] = []
         if serving and not self.serving:
             actions.extend(TakeBlock(name, reason) for name in sorted(self._blocks))
+            # A take owns nothing: the buckets come with the next OwnBuckets, even the same ones.
+            self._decided.clear()
         live = frozenset(live)
         again = set(self._blocks) if (live, serving) != (self._last_live, self.serving) else self._dirty
         for name in sorted(again & set(self._blocks)):

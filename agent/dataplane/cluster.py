@@ -181,6 +181,8 @@ class ClusterStep:
         return sorted(self._shares.get(block.name, ())) if block.shared else _all_buckets(block)
 
     async def take(self, block: Block) -> StepResult:
+        """All buckets (active/passive); none (active/active: its share comes as own_buckets)."""
+        self._shares.pop(block.name, None)
         return self._filter.own(block, self._wanted(block))
 
     async def own_buckets(self, block: Block, buckets: frozenset[int]) -> StepResult:

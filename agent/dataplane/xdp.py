@@ -497,9 +497,9 @@ class XdpStep:
             log.error("XDP filter of block %s not loaded: %s", name, problem)
 
     async def take(self, block: Block) -> StepResult:
-        """All buckets (active/passive), or the block's share (active/active)."""
-        return self._filter.own(block, sorted(self._shares.get(block.name, ())) if block.shared
-                                else range(block.l2.buckets))
+        """All buckets (active/passive); none (active/active: its share comes as own_buckets)."""
+        self._shares.pop(block.name, None)
+        return self._filter.own(block, () if block.shared else range(block.l2.buckets))
 
     async def own_buckets(self, block: Block, buckets: frozenset[int]) -> StepResult:
         """An active/active block's share changed: one map write."""

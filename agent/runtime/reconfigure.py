@@ -65,6 +65,9 @@ class Configuration:
             except ConfigInvalid as exc:
                 return self._refuse(format_errors(self.current.path, exc.errors), "configuration invalid")
             changed = [name for name in NEEDS_RESTART if getattr(new, name) != getattr(self.current, name)]
+            # Between the election's blocks and the shared ones the core would release what it takes.
+            changed += [f"mode of block {b.name}" for b in new.blocks
+                        if any(o.name == b.name and o.mode != b.mode for o in self.current.blocks)]
             if changed:
                 message = f"reload refused: {', '.join(changed)} changed; these need a restart"
                 return self._refuse(message, message.removeprefix("reload refused: "))
@@ -95,6 +98,8 @@ class Configuration:
                     runner.release([name], transition)
                     if wanted:
                         runner.take([self.block(name)], transition)
+                        if self.block(name).shared:
+                            node.shared_block_taken_again(name, self._loop.time())
             for name in diff.adjusted:
                 runner.adjust(self.block(name), transition)
             # The core decides what an added or removed block means for this node.

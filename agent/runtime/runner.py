@@ -95,7 +95,8 @@ class StepRunner:
     def own(self, block: Block, buckets: frozenset[int], transition: Transition,
             applied: Callable[[str, frozenset[int]], None]) -> None:
         """An active/active block's buckets, applied in the kernel in order with the other
-        jobs (its take comes first); `applied` is told what the kernel holds afterwards."""
+        jobs (its take comes first, and owns none); `applied` is told what the kernel holds
+        afterwards, also when a release came first and it holds nothing."""
         self._jobs.append(_Job("own", (block,), transition, buckets, applied))
         self._signal()
 
@@ -217,7 +218,11 @@ class StepRunner:
     async def _own(self, job: _Job) -> None:
         (named,) = job.blocks
         block = self.held.get(named.name)
-        if block is None or block.name not in self.wanted or job.applied is None:
+        if job.applied is None:
+            return
+        if block is None:
+            # Released (or never taken): the kernel holds none of its buckets.
+            job.applied(named.name, frozenset())
             return
         for planned in plan.takeover(self.steps, block.l2.mode, block.l2.backend):
             if planned.owns_buckets:

@@ -233,3 +233,21 @@ def test_a_partition_leaves_each_side_every_bucket_and_the_heal_splits_them_agai
 def expected_share(node: int) -> set[int]:
     """The buckets rendezvous hashing gives `node` among the two."""
     return {b for b, owner in enumerate(targets("ext", {1: 1.0, 2: 1.0}, BUCKETS)) if owner == node}
+
+
+@pytest.mark.lab(heartbeat="switched")
+def test_maintenance_hands_a_nodes_share_over_and_back_without_a_dark_bucket(lab) -> None:
+    """fw2 in maintenance releases its block; its kernel drops the buckets and says so, so
+    fw1 takes every one and answers every source. Back, fw2 claims its share again."""
+    lab.add_client_sources(SOURCES)
+    for node in (1, 2):
+        lab.start_agent(node, lab.write_config(node, l2="cluster-mac", backend="xdp", shared=True))
+    start_servers(lab)
+    wait_for(lambda: split(lab), what="the buckets split")
+    lab.resolve([V4[1]])
+    agentctl(lab, 2, "maintenance", "on")
+    wait_for(lambda: len(owned(lab, 1)) == BUCKETS and not owned(lab, 2), what="fw1 owning every bucket")
+    assert set(wait_for(lambda: all_answered(lab), what="every source answered by fw1").values()) == {"fw1"}
+    agentctl(lab, 2, "maintenance", "off")
+    wait_for(lambda: split(lab), what="the buckets split again")
+    assert wait_for(lambda: all_answered(lab), what="every source answered") == expected_owner(lab, (1, 2))

@@ -82,3 +82,18 @@ def test_a_claim_waits_for_every_live_peer_to_acknowledge_it() -> None:
 def test_bad_settings_are_refused(buckets: int, weight: float) -> None:
     with pytest.raises(ValueError):
         BlockOwnership("ext", 1, buckets, weight)
+
+
+def test_a_view_never_owns_and_claims_one_bucket_and_weights_travel_in_thousandths() -> None:
+    node = BlockOwnership("ext", 1, 8, weight=0.0014)
+    assert node.weight == 0.001
+    node.claiming[3] = 1
+    view = node.view(applied={3})
+    assert 3 in view.owned and 3 not in view.claiming
+
+
+def test_a_live_peer_not_heard_yet_holds_back_every_gain() -> None:
+    node = BlockOwnership("ext", 1, 8)
+    assert not node.step(live={2}) and not node.owned and not node.claiming
+    node.hear(View(2, 1, 1, 1.0, frozenset(), frozenset()))
+    assert node.step(live={2}) and node.claiming

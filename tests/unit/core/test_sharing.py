@@ -110,3 +110,12 @@ def test_a_recovered_node_holds_off_its_share_for_its_preempt_delay() -> None:
     assert not c.members[2].buckets.get("web") and len(c.members[1].buckets["web"]) == BUCKETS
     c.run_for(1.0, check=no_bucket_twice)
     assert whole(c)
+
+
+def test_a_reloaded_block_starts_past_its_old_generations() -> None:
+    from agent.core.sharing import Sharing
+    sharing = Sharing(1, epoch=5, blocks=SHARED)
+    sharing.step(live=(), serving=True, reason="start")
+    before = sharing.views()[0].view.generation
+    sharing.set_blocks((SharedBlock("web", BUCKETS, weight=3.0),))
+    assert sharing.views()[0].view.generation > before
