@@ -247,10 +247,13 @@ class XdpFilter:
             raise bpf.BpfError(0, f"interface {interface} has XDP program {there.name!r} (id {there.prog_id}) "
                                   "of someone else: not replacing it")
         prog_fd = self._program().prog_fd()
+        if there.prog_id and there.mode not in bpf.MODES:
+            raise bpf.BpfError(0, f"interface {interface} has our filter attached in mode {there.mode}: "
+                                  "not replacing it; run `dpagent cleanup`")
         if there.prog_id:
-            bpf.attach(ifindex, prog_fd, there.mode or "generic", replace_id=there.prog_id)
+            bpf.attach(ifindex, prog_fd, there.mode, replace_id=there.prog_id)
             log.warning("xdp: replaced the filter an earlier run left on %s (program id %d)", interface, there.prog_id)
-            self.attached[interface] = there.mode or "generic"
+            self.attached[interface] = there.mode
             return
         if driver(interface) in SKB_BACKED:
             log.info("xdp: %s is a %s: attaching in generic mode, since its native XDP leaves a frame "
@@ -438,7 +441,8 @@ class XdpFilter:
         if self._object is None:
             return {}
         fd = self._fd("dpagent_counters")
-        found = {name: counters_of(fd, slot, self._cpus) for name, slot in self.slots.items()}
+        # A copy: the worker may load or unload a block meanwhile (a reload).
+        found = {name: counters_of(fd, slot, self._cpus) for name, slot in list(self.slots.items())}
         found["(no block)"] = counters_of(fd, lib.DP_NO_BLOCK, self._cpus)
         return found
 
@@ -450,7 +454,9 @@ class XdpFilter:
             try:
                 there = bpf.query(ifindex)
                 if there.prog_id and there.name == bpf.FILTER_PROGRAM and there.prog_id != self._prog_id:
-                    bpf.detach(ifindex, there.mode or "generic", there.prog_id)
+                    if there.mode not in bpf.MODES:
+                        raise bpf.BpfError(0, f"attached in mode {there.mode}, which the agent does not detach")
+                    bpf.detach(ifindex, there.mode, there.prog_id)
                     result.applied += 1
                     result.detail.setdefault("detached", []).append(interface)
             except bpf.BpfError as exc:
@@ -533,9 +539,9 @@ class XdpStep:
             "lease_s": filt.lease_ns / 1e9,
             "attached": dict(filt.attached),
             "blocks": {name: {"interface": b.interface, "attach_mode": filt.attached.get(b.interface),
-                              "slot": filt.slots[name], "buckets": b.l2.buckets, "hash": b.l2.hash,
+                              "slot": filt.slots.get(name), "buckets": b.l2.buckets, "hash": b.l2.hash,
                               "owned": filt.owned.get(name, 0), "packets": counters.get(name, {})}
-                       for name, b in sorted(filt.loaded.items())},
+                       for name, b in sorted(dict(filt.loaded).items())},
             "no_block_packets": counters.get("(no block)", {}),
             "problems": dict(filt.problems),
             "refresh": dict(filt.refreshes),
