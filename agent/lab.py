@@ -263,6 +263,14 @@ class Lab:
             raise RuntimeError("the probe did not start")
         return Probe(proc, out)
 
+    def serve(self, node: int, port: int, kind: str = "serve") -> subprocess.Popen:
+        """A TCP server on fw<node> (agent.labflows `serve` or `echo`), listening once this returns."""
+        proc = self.spawn(f"fw{node}", [sys.executable, "-m", "agent.labflows", kind, f"fw{node}", str(port)],
+                          stdout=subprocess.PIPE, text=True)
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"fw{node}: the {kind} server on port {port} did not start")
+        return proc
+
     def add_client_sources(self, sources: list[str], route: str | None = None) -> None:
         """More source addresses on the client, for active/active flows (agent.labflows). For a
         range off the segment (`route`), the nodes reach it through the client, so that each

@@ -12,6 +12,12 @@ so these send from many source addresses (the lab adds them to the client):
   times), so that a request answered twice, or a source's outage, shows;
 - `load VIP PORT SECONDS SOURCE...`: TCP requests, one after another, round the
   sources, for SECONDS; how many each node answered.
+
+and, in a node's namespace, the servers they talk to (each prints "ready" once
+listening, IPv4 and IPv6):
+
+- `serve NAME PORT`: every connection gets NAME, then is closed;
+- `echo NAME PORT`: every line comes back prefixed with NAME.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import select
 import socket
 import struct
 import sys
+import threading
 import time
 
 from agent.core.frames import checksum
@@ -92,6 +99,35 @@ def load(vip: str, port: int, seconds: float, sources: list[str]) -> dict:
     return {"seconds": time.monotonic() - started, "answered": answered, "failed": failed}
 
 
+def _listen(port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET6)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", port))
+    s.listen(512)
+    print("ready", flush=True)
+    return s
+
+
+def serve(name: str, port: int) -> None:
+    listener = _listen(port)
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(name.encode())
+
+
+def echo(name: str, port: int) -> None:
+    listener = _listen(port)
+
+    def lines(conn: socket.socket) -> None:
+        with conn:
+            for line in conn.makefile():
+                conn.sendall(f"{name} {line}".encode())
+
+    while True:
+        threading.Thread(target=lines, args=(listener.accept()[0],), daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -109,7 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     ld.add_argument("port", type=int)
     ld.add_argument("seconds", type=float)
     ld.add_argument("sources", nargs="+")
+    for verb in ("serve", "echo"):
+        server = verbs.add_parser(verb)
+        server.add_argument("name")
+        server.add_argument("port", type=int)
     args = parser.parse_args(argv)
+    if args.verb in ("serve", "echo"):
+        (serve if args.verb == "serve" else echo)(args.name, args.port)
+        return 0
     if args.verb == "connect":
         out = connect(args.vip, args.port, args.sources)
     elif args.verb == "ping":

@@ -45,20 +45,6 @@ SOURCES = [str(ipaddress.ip_address("198.19.0.10") + i) for i in range(256)]
 SOURCE_ROUTE = "198.19.0.0/22"
 BUCKETS, SEED = 256, 0x5EED
 PORT = 8080
-SERVER = """
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 8080))
-s.listen(512)
-print("ready", flush=True)
-while True:
-    c, _ = s.accept()
-    c.sendall(sys.argv[1].encode())
-    c.close()
-"""
-
-
 def shared(lab: Lab, node: int) -> dict:
     status = lab.status(node) or {}
     return status.get("node", {}).get("shared", {}).get("blocks", {}).get("ext", {})
@@ -86,9 +72,7 @@ def start(lab: Lab, nodes: list[int]) -> None:
     lab.add_client_sources(SOURCES, route=SOURCE_ROUTE)
     for node in nodes:
         lab.start_agent(node, lab.write_config(node, l2="cluster-mac", backend="xdp", shared=True))
-        proc = lab.spawn(f"fw{node}", [sys.executable, "-c", SERVER, f"fw{node}"], stdout=subprocess.PIPE, text=True)
-        if proc.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"fw{node}: the server did not start")
+        lab.serve(node, PORT)
     wait(lambda: split(lab, nodes), 30, "the buckets split")
     lab.resolve([VIP])
 
@@ -132,8 +116,7 @@ def throughput(serving: int, seconds: float) -> dict:
         if serving == 1:
             lab.add_client_sources(SOURCES, route=SOURCE_ROUTE)
             lab.start_agent(1, lab.write_config(1, l2="cluster-mac", backend="xdp", shared=True))
-            proc = lab.spawn("fw1", [sys.executable, "-c", SERVER, "fw1"], stdout=subprocess.PIPE, text=True)
-            proc.stdout.readline()
+            lab.serve(1, PORT)
             wait(lambda: len(owned(lab, 1)) == BUCKETS, 30, "fw1 owning every bucket")
             lab.resolve([VIP])
         else:

@@ -6,12 +6,8 @@ import os
 
 import pytest
 
+from rootonly import skip_without_root
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.geteuid() == 0:
-        return
-    skip = pytest.mark.skip(reason="needs root to load BPF programs")
-    here = os.path.dirname(__file__)
-    for item in items:
-        if str(item.fspath).startswith(here):
-            item.add_marker(skip)
+    skip_without_root(items, os.path.dirname(__file__), "needs root to load BPF programs")

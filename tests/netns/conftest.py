@@ -23,6 +23,7 @@ import pytest
 
 from agent.lab import Lab
 from agent.netns import Namespaces, enter, ip
+from rootonly import skip_without_root
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,13 +31,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.geteuid() == 0:
-        return
-    skip = pytest.mark.skip(reason="needs root for network namespaces")
-    here = os.path.dirname(__file__)
-    for item in items:
-        if str(item.fspath).startswith(here):
-            item.add_marker(skip)
+    skip_without_root(items, os.path.dirname(__file__), "needs root for network namespaces")
 
 
 class NetnsFactory:

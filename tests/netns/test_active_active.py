@@ -20,28 +20,13 @@ import pytest
 from agent.core.buckets import HashFields, bucket
 from agent.core.ownership import targets
 from agent.lab import HB_PORT, Lab
-from test_shared_mac import PORT, SERVER, V4
+from test_shared_mac import PORT, V4
 from scrape import samples
 from waiting import wait_for
 
 SOURCES = [str(ipaddress.ip_address("203.0.113.40") + i) for i in range(200)]
 BUCKETS, SEED = 256, 0x5EED
 STREAM_PORT = 8081
-
-# An echo server: every line back, prefixed with this node's name.
-ECHO = f"""
-import socket, sys, threading
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", {STREAM_PORT}))
-s.listen(8)
-print("ready", flush=True)
-def serve(c):
-    for line in c.makefile():
-        c.sendall((sys.argv[1] + " " + line).encode())
-while True:
-    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
-"""
 
 # One long TCP stream from a source: a line now, then one per line read on stdin.
 STREAM = f"""
@@ -57,10 +42,8 @@ for line in sys.stdin:
 def start_servers(lab: Lab) -> None:
     """On every node: the name server on PORT and the echo server on STREAM_PORT."""
     for node in lab.addresses:
-        for code in (SERVER, ECHO):
-            proc = lab.spawn(f"fw{node}", [sys.executable, "-c", code, f"fw{node}"], stdout=subprocess.PIPE,
-                             text=True)
-            assert proc.stdout.readline().strip() == "ready"
+        lab.serve(node, PORT)
+        lab.serve(node, STREAM_PORT, "echo")
 
 
 def owned(lab: Lab, node: int) -> set[int]:

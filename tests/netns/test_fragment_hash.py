@@ -31,6 +31,7 @@ import pytest
 
 from agent.core import clusterset
 from agent.core.buckets import HashFields, bucket, flow_fields
+from agent.core.frames import checksum
 from agent.dataplane.nft import LeaseSocket
 from agent.netns import run_in
 from waiting import wait_for
@@ -67,15 +68,6 @@ class Packet:
     fragment: bool
     ports: tuple[int, int]  # the bytes at transport offsets 0..3 (for a later fragment, its datagram's ports)
     l3: Callable[[Family, ipaddress.IPv4Address | ipaddress.IPv6Address], bytes]
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def ip_packet(family: Family, src, protocol: int, payload: bytes, offset: int = 0, more: bool = False,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 
 import pytest
@@ -70,20 +69,6 @@ table ip6 dpt_seen {
 }
 """
 
-SERVER = f"""
-import socket, sys
-s = socket.socket(socket.AF_INET6)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::", {PORT}))
-s.listen(64)
-print("ready", flush=True)
-while True:
-    c, _ = s.accept()
-    c.sendall(sys.argv[1].encode())
-    c.close()
-"""
-
-
 def who_answers(lab: Lab, address: str, asks: int = 3) -> set[tuple[str, str]]:
     found: set[tuple[str, str]] = set()
     for _ in range(asks):
@@ -126,8 +111,7 @@ def connect(lab: Lab, address: str, timeout: float = 2.0) -> str | None:
 
 def start_servers(lab: Lab) -> None:
     for node in (1, 2):
-        proc = lab.spawn(f"fw{node}", [sys.executable, "-c", SERVER, f"fw{node}"], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
+        lab.serve(node, PORT)
 
 
 @pytest.mark.lab(heartbeat="switched")
