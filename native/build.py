@@ -56,6 +56,7 @@ class BpfObject:
 
 MODULES = (
     Module("_garp", ("garp.h",), ("garp.c",)),
+    Module("_ct", ("ct_record.h", "ct.h"), ("ct.c",)),
     Module("_xdp", ("xdp_filter.h", "xdp_loader.h"), ("xdp_loader.c",), libraries=("bpf",),
            include="#include <linux/types.h>", cdef_prelude=KERNEL_TYPES),
 )

@@ -1,0 +1,410 @@
+"""ctnetlink through the native codec: the event reader, table dumps, bulk replay, the cache.
+
+The codec (native/ct.c) owns the bytes on these sockets: it parses events and
+dump replies into 96-byte records (native/ct_record.h) and encodes records as
+IPCTNL_MSG_CT_NEW requests, many per sendmsg and none acknowledged, so a
+million entries cost a thousand system calls. Errors still come back, matched
+to their record by sequence number. An entry that exists already is updated
+in place (no NLM_F_EXCL), and one that refuses the NAT set-up because it
+exists is sent again as a plain update, which is what conntrackd does on
+EEXIST.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from ipaddress import ip_network
+
+from agent._native._ct import ffi, lib
+
+RECORD_SIZE = lib.DP_CT_RECORD_SIZE
+# Linux values that Python's socket module does not name.
+NETLINK_NETFILTER = 12
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+NETLINK_NO_ENOBUFS = 5
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+# NFNLGRP_CONNTRACK_NEW, _UPDATE, _DESTROY as bind() group bits.
+EVENT_GROUPS = 0b111
+# Requests per sendmsg in a replay: 1,024 x ~200 bytes stays well inside the send buffer.
+BATCH = 1024
+REQUEST_BUFFER = 8 << 20
+# A dump reply or a burst of events is read this much at a time.
+READ_BUFFER = 1 << 20
+# How long a replay waits for the kernel's answer to its last request.
+ANSWER_TIMEOUT = 30.0
+
+PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "dccp": 33, "udplite": 136, "gre": 47}
+
+
+def records_count(records: bytes) -> int:
+    return len(records) // RECORD_SIZE
+
+
+def _force_buffer(sock: socket.socket, option: int, fallback: int, size: int) -> None:
+    """SO_*BUFFORCE passes net.core.[rw]mem_max (with CAP_NET_ADMIN)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, option, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, fallback, size)
+
+
+def open_socket(groups: int = 0, receive_buffer: int = REQUEST_BUFFER) -> socket.socket:
+    """A ctnetlink socket: requests when groups is 0, else the event groups it joins."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    try:
+        _force_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, REQUEST_BUFFER)
+        _force_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, receive_buffer)
+        # Errors come back with the request's header only, not the whole request.
+        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        sock.bind((0, groups))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def portid(sock: socket.socket) -> int:
+    return sock.getsockname()[0]
+
+
+@dataclass
+class Filter:
+    """Which flows are synced: conntrackd's Filter section (Protocol Accept, Address Ignore)."""
+
+    protocols: frozenset[int] = frozenset(PROTOCOLS.values())
+    # Prefixes either side of a flow may be in for it to be left out: the nodes' own addresses.
+    ignore: tuple[str, ...] = ()
+    # Changes made through this netlink socket (our own injections) are not events to sync.
+    ignore_portid: int = 0
+
+    def native(self):
+        f = ffi.new("struct dp_ct_filter *")
+        f.ignore_portid = self.ignore_portid
+        for proto in self.protocols:
+            f.protocols[proto // 8] |= 1 << (proto % 8)
+        nets = [ip_network(p, strict=False) for p in self.ignore]
+        if len(nets) > lib.DP_CT_MAX_IGNORE:
+            raise ValueError(f"at most {lib.DP_CT_MAX_IGNORE} ignored prefixes")
+        f.n_ignore = len(nets)
+        for i, net in enumerate(nets):
+            f.ignore[i].family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+            f.ignore[i].len = net.prefixlen
+            packed = net.network_address.packed
+            ffi.memmove(f.ignore[i].addr, packed, len(packed))
+        return f
+
+
+@dataclass
+class ParseStats:
+    messages: int = 0
+    records: int = 0
+    ignored: int = 0
+    malformed: int = 0
+    errors: int = 0
+    done: int = 0
+
+    def add(self, native) -> None:
+        self.messages += native.messages
+        self.records += native.records
+        self.ignored += native.ignored
+        self.malformed += native.malformed
+        self.errors += native.errors
+        self.done += native.done
+
+
+class Parser:
+    """Buffers of ctnetlink messages to records, through one reused native output array."""
+
+    def __init__(self, filter: Filter | None = None, capacity: int = 16384) -> None:
+        self._filter = filter.native() if filter is not None else ffi.NULL
+        self._out = ffi.new("struct dp_ct_record[]", capacity)
+        self._capacity = capacity
+        self._used = ffi.new("size_t *")
+        self.stats = ParseStats()
+
+    def parse(self, data: bytes | bytearray | memoryview) -> tuple[bytes, int]:
+        """(records, NLMSG_DONE messages seen) of the messages in data."""
+        chunks = []
+        done = 0
+        view = ffi.from_buffer(data)
+        offset, length = 0, len(data)
+        while offset < length:
+            stats = ffi.new("struct dp_ct_parse_stats *")
+            n = lib.dp_ct_parse(view + offset, length - offset, self._used, self._out, self._capacity,
+                                self._filter, stats)
+            self.stats.add(stats)
+            done += stats.done
+            chunks.append(bytes(ffi.buffer(self._out, n * RECORD_SIZE)))
+            if self._used[0] == 0:
+                break
+            offset += self._used[0]
+        return b"".join(chunks), done
+
+
+def dump_table(sock: socket.socket | None = None) -> bytes:
+    """Every entry of this network namespace's table, as records."""
+    own = sock is None
+    sock = sock or open_socket()
+    try:
+        request = ffi.new("uint8_t[]", 64)
+        seq = int(time.monotonic_ns() & 0x7FFFFFFF) or 1
+        n = lib.dp_ct_encode_dump(request, 64, seq)
+        sock.send(ffi.buffer(request, n))
+        parser = Parser()
+        chunks = []
+        buf = bytearray(READ_BUFFER)
+        while True:
+            got = sock.recv_into(buf)
+            records, done = parser.parse(memoryview(buf)[:got])
+            chunks.append(records)
+            if done:
+                return b"".join(chunks)
+            if parser.stats.errors:
+                raise OSError(errno.EIO, "the conntrack dump failed")
+    finally:
+        if own:
+            sock.close()
+
+
+@dataclass
+class ReplayResult:
+    applied: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    updated: int = 0  # existing entries whose NAT could not be set again: updated instead
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"applied": self.applied, "errors": dict(self.errors), "updated": self.updated,
+                "seconds": round(self.seconds, 6)}
+
+
+class Writer:
+    """Sends records as requests in batches and matches the errors to them."""
+
+    def __init__(self, sock: socket.socket | None = None, *, liberal: bool = True) -> None:
+        self.sock = sock or open_socket()
+        self._own = sock is None
+        self._options = lib.DP_CT_ENC_CREATE | (lib.DP_CT_ENC_LIBERAL if liberal else 0)
+        self._buffer = ffi.new("uint8_t[]", REQUEST_BUFFER // 2)
+        self._done = ffi.new("size_t *")
+        self._seqs = ffi.new("uint32_t[]", BATCH * 4)
+        self._errnos = ffi.new("int32_t[]", BATCH * 4)
+        self._receive = bytearray(READ_BUFFER)
+        self._seq = 1
+        self._acked: set[int] = set()
+
+    def close(self) -> None:
+        if self._own:
+            self.sock.close()
+
+    def _send(self, records: bytes, options: int, failed: dict[int, int]) -> int:
+        """Send records (as many requests as one buffer holds at a time); returns the
+        sequence number after the last. Errors already answered go into `failed`."""
+        view = ffi.from_buffer("struct dp_ct_record[]", records)
+        total = len(records) // RECORD_SIZE
+        start = 0
+        while start < total:
+            count = min(BATCH, total - start)
+            length = lib.dp_ct_encode(view + start, count, self._done, self._buffer, len(self._buffer),
+                                      self._seq, options)
+            sent = self._done[0]
+            if sent == 0:
+                raise ValueError("a record does not fit the request buffer")
+            try:
+                self.sock.send(ffi.buffer(self._buffer, length))
+            except BlockingIOError:
+                self._drain(failed, block=True)
+                continue
+            self._seq += sent
+            start += sent
+            self._drain(failed, block=False)
+        return self._seq
+
+    def _drain(self, failed: dict[int, int], block: bool) -> None:
+        """Read the answers there are: errors into `failed`, acks into `_acked`."""
+        while True:
+            if not block:
+                ready, _, _ = select.select([self.sock], [], [], 0)
+                if not ready:
+                    return
+            got = self.sock.recv_into(self._receive)
+            n = lib.dp_ct_errors(ffi.from_buffer(self._receive), got, self._seqs, self._errnos, len(self._seqs))
+            for i in range(n):
+                seq, err = self._seqs[i], self._errnos[i]
+                if err:
+                    failed[seq] = err
+                else:
+                    self._acked.add(seq)
+            block = False
+
+    def write(self, records: bytes) -> ReplayResult:
+        """Create (or update) every record's entry; blocks until the kernel answered all."""
+        started = time.perf_counter()
+        result = ReplayResult()
+        if not records:
+            return result
+        failed: dict[int, int] = {}
+        first_seq = self._seq
+        last = records[-RECORD_SIZE:]
+        self._send(records[:-RECORD_SIZE], self._options, failed)
+        final = self._seq
+        self._send(last, self._options | lib.DP_CT_ENC_ACK, failed)
+        self._wait(failed, final)
+        retry = []
+        for seq, err in sorted(failed.items()):
+            index = seq - first_seq
+            if err in (errno.EOPNOTSUPP, errno.EEXIST) and 0 <= index < len(records) // RECORD_SIZE:
+                retry.append(records[index * RECORD_SIZE:(index + 1) * RECORD_SIZE])
+            else:
+                name = errno.errorcode.get(err, str(err))
+                result.errors[name] = result.errors.get(name, 0) + 1
+        if retry:
+            again: dict[int, int] = {}
+            joined = b"".join(retry)
+            self._send(joined[:-RECORD_SIZE], self._options & ~lib.DP_CT_ENC_CREATE, again)
+            final = self._seq
+            self._send(joined[-RECORD_SIZE:], (self._options & ~lib.DP_CT_ENC_CREATE) | lib.DP_CT_ENC_ACK, again)
+            self._wait(again, final)
+            for err in again.values():
+                name = errno.errorcode.get(err, str(err))
+                result.errors[name] = result.errors.get(name, 0) + 1
+            result.updated = len(retry) - len(again)
+        result.applied = len(records) // RECORD_SIZE - sum(result.errors.values())
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _wait(self, failed: dict[int, int], final: int) -> None:
+        deadline = time.monotonic() + ANSWER_TIMEOUT
+        while True:
+            self._drain(failed, block=False)
+            if final in self._acked or final in failed:
+                self._acked.discard(final)
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the kernel did not answer the last conntrack request")
+            select.select([self.sock], [], [], left)
+
+
+def replay(records: bytes, *, liberal: bool = True) -> dict:
+    """Create every record's entry in this network namespace's table (bench/conntrack.py)."""
+    writer = Writer(liberal=liberal)
+    try:
+        return writer.write(records).as_dict()
+    finally:
+        writer.close()
+
+
+class EventReader:
+    """The NEW/UPDATE/DESTROY event groups, read without blocking into records.
+
+    A full receive buffer loses events (ENOBUFS): `read` then reports an overrun,
+    after which only a full dump makes the peers' copies right again."""
+
+    def __init__(self, filter: Filter, receive_buffer: int) -> None:
+        self.sock = open_socket(EVENT_GROUPS, receive_buffer)
+        self.sock.setblocking(False)
+        self.parser = Parser(filter)
+        self._buffer = bytearray(READ_BUFFER)
+        self.overruns = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self, budget: int = 64) -> tuple[bytes, bool]:
+        """(records, overrun) of at most `budget` reads of what is queued."""
+        chunks = []
+        overrun = False
+        for _ in range(budget):
+            try:
+                got = self.sock.recv_into(self._buffer)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                overrun = True
+                self.overruns += 1
+                continue
+            chunks.append(self.parser.parse(memoryview(self._buffer)[:got])[0])
+        return b"".join(chunks), overrun
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Cache:
+    """The backup's copy of its peers' tables: one entry per original tuple, merged
+    from events, under a lock because a replay reads it from a worker thread while
+    the loop applies frames."""
+
+    def __init__(self) -> None:
+        self._cache = ffi.gc(lib.dp_ct_cache_new(), lib.dp_ct_cache_free)
+        if self._cache == ffi.NULL:
+            raise MemoryError("conntrack cache")
+        self._lock = threading.Lock()
+
+    def apply(self, records: bytes, origin: int = 0, generation: int = 0) -> int:
+        view = ffi.from_buffer("struct dp_ct_record[]", records)
+        with self._lock:
+            changed = lib.dp_ct_cache_apply(self._cache, view, len(records) // RECORD_SIZE, origin, generation)
+        if changed == ffi.cast("size_t", -1):
+            raise MemoryError("conntrack cache")
+        return changed
+
+    def sweep(self, origin: int, generation: int) -> int:
+        with self._lock:
+            return lib.dp_ct_cache_sweep(self._cache, origin, generation)
+
+    def clear(self) -> None:
+        with self._lock:
+            lib.dp_ct_cache_clear(self._cache)
+
+    def __len__(self) -> int:
+        return lib.dp_ct_cache_count(self._cache)
+
+    def count(self, klass: int = lib.DP_CT_CLASS_ALL) -> int:
+        with self._lock:
+            return lib.dp_ct_cache_count_class(self._cache, klass)
+
+    @property
+    def bytes(self) -> int:
+        return lib.dp_ct_cache_bytes(self._cache)
+
+    @property
+    def bytes_per_entry(self) -> float:
+        return self.bytes / max(1, len(self))
+
+    def export(self, klass: int = lib.DP_CT_CLASS_ALL, chunk: int = 65536) -> Iterator[bytes]:
+        """The entries of a class, a chunk at a time (the lock is held per chunk only)."""
+        out = ffi.new("struct dp_ct_record[]", chunk)
+        cursor = ffi.new("size_t *")
+        while True:
+            with self._lock:
+                n = lib.dp_ct_cache_export(self._cache, cursor, out, chunk, klass)
+            if n == 0:
+                return
+            yield bytes(ffi.buffer(out, n * RECORD_SIZE))
+
+    def records(self, klass: int = lib.DP_CT_CLASS_ALL) -> bytes:
+        return b"".join(self.export(klass))
+
+
+def table_size() -> dict:
+    """The kernel's table: entries now, its limit and its hash buckets (sysctls of this namespace)."""
+    out = {}
+    for key in ("nf_conntrack_count", "nf_conntrack_max", "nf_conntrack_buckets"):
+        try:
+            with open(f"/proc/sys/net/netfilter/{key}") as f:
+                out[key.removeprefix("nf_conntrack_")] = int(f.read())
+        except (OSError, ValueError):
+            out[key.removeprefix("nf_conntrack_")] = None
+    return out
