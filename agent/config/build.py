@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,12 +18,15 @@ from agent.config.blocks import build_blocks
 from agent.config.files import read_text
 from agent.config.keys import Keys, read_keys
 from agent.config.messages import ConfigError, ConfigInvalid, reason
-from agent.config.model import Block, Config, HeartbeatLink, NodeConfig
+from agent.config.model import Block, Config, ConntrackConfig, HeartbeatLink, NodeConfig
 from agent.config.parse import Table, parse_address
-from agent.config.schema import SUN_PATH_MAX, TABLES_BY_PATH
+from agent.config.schema import CONNTRACK_PROTOCOLS, SUN_PATH_MAX, TABLES_BY_PATH
 from agent.core.packing import IPAddress
 
 T = TypeVar("T")
+
+# The IP protocol numbers of the conntrack protocols the schema names.
+PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "dccp": 33, "udplite": 136}
 
 
 def load_config(path: str | Path) -> Config:
@@ -53,11 +56,52 @@ def _build_config(path: Path, document: dict, errors: list[ConfigError]) -> Conf
     heartbeat = _heartbeats(top.value("heartbeat"), errors)  # type: ignore[arg-type]
     blocks = build_blocks(top.value("block"), base, errors)  # type: ignore[arg-type]
     listen = _metrics(top, heartbeat, blocks)
-    if None in (node, auth, control_socket, heartbeat, blocks) or listen is False:
+    conntrack = _conntrack(top, blocks)
+    if None in (node, auth, control_socket, heartbeat, blocks) or listen is False or conntrack is False:
         return None
     key_file, keys = auth  # type: ignore[misc]
     return Config(path, node, heartbeat, key_file, control_socket, blocks, keys,  # type: ignore[arg-type]
-                  listen or None)
+                  listen or None, conntrack or None)
+
+
+def _conntrack(top: Table, blocks: tuple[Block, ...] | None) -> ConntrackConfig | None | bool:
+    """The sync's settings; None when off, False after an error."""
+    table = top.value("conntrack")
+    if table is None or "conntrack" not in top.table:
+        return None
+    t = Table(table, "conntrack", top.errors, TABLES_BY_PATH["conntrack"])  # type: ignore[arg-type]
+    before = len(t.errors)
+    values = {name: t.value(name) for name in ("interface", "port", "mode", "event_buffer", "expected_entries",
+                                                "window_tracking", "max_datagram")}
+    peers: list[IPAddress] = []
+    if "peers" in t.table:
+        _peers(t, peers)
+    else:
+        t.error("peers", None, "is required: the addresses of the other nodes on the sync interface")
+    ignore = []
+    for key, text in t.strings("ignore"):
+        try:
+            parsed = ip_network(text)
+        except ValueError:
+            t.errors.append(ConfigError(key, text, "must be an IP address or prefix (no host bits)"))
+            continue
+        if any(parsed.overlaps(p) for b in blocks or () for p in b.prefixes) or any(
+                a in parsed for b in blocks or () for a in b.addresses):
+            t.errors.append(ConfigError(key, text, "holds block addresses: their flows are the ones to sync"))
+        else:
+            ignore.append(parsed)
+    protocols = set()
+    for key, text in t.strings("protocols"):
+        if text not in PROTOCOL_NUMBERS:
+            t.errors.append(ConfigError(key, text, f"must be one of {', '.join(CONNTRACK_PROTOCOLS)}"))
+        else:
+            protocols.add(PROTOCOL_NUMBERS[text])
+    if "protocols" in t.table and not protocols and len(t.errors) == before:
+        t.error("protocols", [], "must name at least one protocol")
+    if len(t.errors) != before or None in values.values():
+        return False
+    return ConntrackConfig(peers=tuple(peers), ignore=tuple(ignore),  # type: ignore[arg-type]
+                           protocols=frozenset(protocols or PROTOCOL_NUMBERS.values()), **values)
 
 
 def _metrics(top: Table, heartbeat: tuple[HeartbeatLink, ...] | None,
@@ -188,6 +232,6 @@ def _peers(t: Table, peers: list[IPAddress]) -> None:
         elif peers and parsed.version != peers[0].version:
             # One socket per link, of one address family.
             t.errors.append(ConfigError(key, text, f"is IPv{parsed.version}, but {peers[0]} is IPv{peers[0].version}: "
-                                                   "one heartbeat link speaks one IP version"))
+                                                   "one link speaks one IP version"))
         elif parsed not in peers:
             peers.append(parsed)

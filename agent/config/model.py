@@ -57,6 +57,21 @@ class HeartbeatLink:
 
 
 @dataclass(frozen=True)
+class ConntrackConfig:
+    interface: str
+    peers: tuple[IPAddress, ...]
+    port: int = default("conntrack", "port")
+    mode: str = default("conntrack", "mode")
+    ignore: tuple[IPNetwork, ...] = ()
+    # IP protocol numbers synced.
+    protocols: frozenset[int] = frozenset()
+    event_buffer: int = default("conntrack", "event_buffer")
+    expected_entries: int = default("conntrack", "expected_entries")
+    window_tracking: bool = default("conntrack", "window_tracking")
+    max_datagram: int = default("conntrack", "max_datagram")
+
+
+@dataclass(frozen=True)
 class AnnounceConfig:
     pps: int = default("block.announce", "pps")
     rounds: int = default("block.announce", "rounds")
@@ -134,3 +149,4 @@ class Config:
     keys: tuple[tuple[int, bytes], ...] = field(default=(), repr=False)
     # (address, port) of the Prometheus HTTP listener, or None: off.
     metrics_listen: tuple[str, int] | None = None
+    conntrack: ConntrackConfig | None = None

@@ -88,6 +88,11 @@ _TOP = (
     Key("auth", TABLE, None, None, "The keys that authenticate heartbeat and sync frames."),
     Key("control", TABLE, None, None, "The local control socket."),
     Key("metrics", TABLE, None, None, "Prometheus metrics over HTTP; off unless `listen` is given."),
+    Key("conntrack", TABLE, None, None,
+        "Connection-tracking sync, conntrackd's job: every node sends the changes of its "
+        "kernel's table to its peers, and a takeover puts the peer's entries into the "
+        "kernel before the block opens, so established connections and NAT mappings "
+        "survive a failover. Off unless the table is given."),
     Key("heartbeat", TABLES, None, None,
         "One [[heartbeat]] table per link the adverts are sent on; at least one, and at "
         "most one per interface. Two independent links make a split brain less likely."),
@@ -158,6 +163,46 @@ _METRICS = (
         'ADDRESS:PORT to serve /metrics on over HTTP, e.g. "127.0.0.1:9412" or "[::1]:9412"; left '
         "out, there is no listener (`agentctl metrics` shows the same). Never an address of a block "
         "or of a heartbeat link. Changing it needs a restart."),
+)
+
+# Sync frames: IPv6 unfragmented on a 1,500-byte MTU by default, a jumbo frame's worth on a
+# dedicated link; never under one record and its header.
+SYNC_DATAGRAM = (256, 65000)
+# The event socket's buffer: a burst the loop cannot read at once waits there; past it the
+# kernel drops events (ENOBUFS) and only a full resync repairs the peers' copies.
+EVENT_BUFFER = (1 << 20, 1 << 30)
+CONNTRACK_PROTOCOLS = ("tcp", "udp", "icmp", "icmpv6", "sctp", "dccp", "udplite")
+
+_CONNTRACK = (
+    Key("interface", INTERFACE, None, REQUIRED,
+        "Interface the sync frames leave and arrive on: a heartbeat link's, or a dedicated one."),
+    Key("peers", STRINGS, None, REQUIRED,
+        "Unicast addresses of the other nodes on that interface (one IP version). Each peer "
+        "acknowledges what it received and gets again what it missed."),
+    Key("port", INTEGER, (1, 65535), 7789, "UDP port of the sync frames."),
+    Key("mode", STRING, ("cache", "hot"), "cache",
+        '"cache": the peers\' entries are kept in the agent (under 200 bytes each) and written '
+        'into the kernel in bulk when this node takes over, before the block opens. "hot": every '
+        "change is written into this node's kernel as it arrives (conntrackd's "
+        "DisableExternalCache), so a takeover has nothing to write."),
+    Key("ignore", STRINGS, None, None,
+        "Addresses or prefixes whose flows are not synced (conntrackd's Address Ignore): a flow "
+        "is left out when its original or its reply source is in one. The addresses of the "
+        "heartbeat and sync links are added. Never list a block: its forwarded and NATed flows "
+        "are the ones that must survive."),
+    Key("protocols", STRINGS, None, None,
+        f"IP protocols synced, from {', '.join(CONNTRACK_PROTOCOLS)}; left out, all of them."),
+    Key("event_buffer", INTEGER, EVENT_BUFFER, 64 << 20,
+        "Bytes of kernel buffer for conntrack events: at ~250 bytes an event, 64 MiB hold a "
+        "quarter of a million events the agent has not read yet. An overflow is counted and "
+        "answered by a full resync."),
+    Key("expected_entries", INTEGER, (0, 100_000_000), 0,
+        "Entries this node may have to hold after a takeover; when the kernel's nf_conntrack_max "
+        "or hash table is smaller, `agentctl conntrack stats` and the log say what to set."),
+    Key("window_tracking", BOOLEAN, None, False,
+        "Keep TCP window tracking for the entries written on a takeover; off (conntrackd's "
+        "default), the kernel picks the windows up from the next packets."),
+    Key("max_datagram", INTEGER, SYNC_DATAGRAM, 1452, "Largest sync frame in bytes."),
 )
 
 _HEARTBEAT = (
@@ -267,6 +312,7 @@ TABLES_BY_PATH: dict[str, tuple[Key, ...]] = {
     "auth": _AUTH,
     "control": _CONTROL,
     "metrics": _METRICS,
+    "conntrack": _CONNTRACK,
     "heartbeat": _HEARTBEAT,
     "block": _BLOCK,
     "block.announce": _ANNOUNCE,

@@ -41,8 +41,6 @@ READ_BUFFER = 1 << 20
 # How long a replay waits for the kernel's answer to its last request.
 ANSWER_TIMEOUT = 30.0
 
-PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "dccp": 33, "udplite": 136, "gre": 47}
-
 
 def records_count(records: bytes) -> int:
     return len(records) // RECORD_SIZE
@@ -79,7 +77,7 @@ def portid(sock: socket.socket) -> int:
 class Filter:
     """Which flows are synced: conntrackd's Filter section (Protocol Accept, Address Ignore)."""
 
-    protocols: frozenset[int] = frozenset(PROTOCOLS.values())
+    protocols: frozenset[int] = frozenset(range(256))
     # Prefixes either side of a flow may be in for it to be left out: the nodes' own addresses.
     ignore: tuple[str, ...] = ()
     # Changes made through this netlink socket (our own injections) are not events to sync.

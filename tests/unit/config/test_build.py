@@ -143,7 +143,7 @@ def test_heartbeat_peers_must_share_one_ip_version(workdir: Path) -> None:
     document["heartbeat"] = [{"interface": "eth0", "peers": ["192.0.2.2", "2001:db8::2"]}]
     assert one_error(workdir, document) == (
         'DIR/dpagent.toml: heartbeat[0].peers[1] = "2001:db8::2": is IPv6, but 192.0.2.2 is IPv4:'
-        " one heartbeat link speaks one IP version")
+        " one link speaks one IP version")
 
 
 def test_control_socket_too_long(workdir: Path) -> None:

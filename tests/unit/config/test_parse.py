@@ -13,13 +13,16 @@ from config_documents import minimal, one_error, write
 
 # Where each schema table sits in the minimal document, and how its keys are named there.
 PLACES = {"node": "node", "heartbeat": "heartbeat[0]", "block": "block[0]", "block.announce": "block[0].announce",
-          "block.l2": "block[0].l2"}
+          "block.l2": "block[0].l2", "conntrack": "conntrack"}
 RANGED = [(path, k) for path, keys in TABLES_BY_PATH.items() for k in keys if k.type in (INTEGER, NUMBER)]
 
 
 def with_value(path: str, name: str, value: object) -> dict:
     document = minimal()
-    table = {"node": document["node"], "heartbeat": document["heartbeat"][0], "block": document["block"][0]}.get(path)
+    if path == "conntrack":
+        document["conntrack"] = {"interface": "eth2", "peers": ["192.0.2.2"]}
+    table = {"node": document["node"], "heartbeat": document["heartbeat"][0], "block": document["block"][0],
+             "conntrack": document.get("conntrack")}.get(path)
     if table is None:
         table = document["block"][0].setdefault(path.rpartition(".")[2], {})
     table[name] = value
