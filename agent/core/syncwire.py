@@ -146,14 +146,14 @@ def _mac(key: bytes, data: bytes) -> bytes:
 # -- encoding -------------------------------------------------------------
 
 def pack_data(keyring: KeyRing, node_id: int, epoch: int, serial: int, seq: int, ack: int, ack_epoch: int,
-              flags: int, payload: bytes, sealer: Sealer | None = None) -> bytes:
+              flags: int, payload: bytes | memoryview, sealer: Sealer | None = None) -> bytes:
     """One DATA frame, signed: the channel's fast path (no SyncFrame, no checks beyond struct's)."""
     count = len(payload) // RECORD_SIZE
     if sealer is not None:
         flags |= FLAG_ENCRYPTED
         header = HEADER.pack(MAGIC, VERSION, SyncType.DATA, keyring.send_id, flags,
                              node_id, epoch, serial, seq, ack, ack_epoch, count)
-        signed = header + sealer.seal(node_id, epoch, ack_epoch, seq, header, payload)
+        signed = header + sealer.seal(node_id, epoch, ack_epoch, seq, header, bytes(payload))
     else:
         signed = HEADER.pack(MAGIC, VERSION, SyncType.DATA, keyring.send_id, flags,
                              node_id, epoch, serial, seq, ack, ack_epoch, count) + payload
