@@ -56,7 +56,7 @@ DROP_REASONS = frozenset({
     "plaintext",  # unsealed DATA while the channel is set to encrypt
 })
 # Records dropped by `send`, by cause (frames' worth of them are counted in records).
-SEND_DROPS = ("no_peer", "overflow")
+SEND_DROPS = ("no_peer", "silent", "overflow")
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,12 @@ class SyncConfig:
     ack_every: int = 32
     ack_delay: float = 0.01
     nack_holdoff: float = 0.05
-    # Health: not in sync when a frame is unacked this long or the peer silent this long.
+    # Health: not in sync when a frame is unacked, or a gap open, this long.
     lag_limit: float = 2.0
-    dead_after: float = 3.0
+    # A peer silent this long is gone: what was queued for it is dropped and it
+    # gets a full resync when heard again (rather than a queue growing for a dead
+    # node, and table dumps that only fill it again).
+    dead_after: float = 5.0
     encrypt: bool = False
 
     def __post_init__(self) -> None:
@@ -127,6 +130,7 @@ class SyncChannel:
         self._peer_node = peer_node_id
         self._peer_epoch = 0
         self._last_heard: float | None = None
+        self._alive = False
         self._guard = ReplayGuard(max_peers=1)
         # A HELLO is due at once (a time in the past means: now).
         self._last_tx = -config.keepalive
@@ -162,14 +166,17 @@ class SyncChannel:
         self._ack_owed = 0
         self._ack_at: float | None = None
         self._nack_at = float("-inf")
+        self._gap_since: float | None = None
         self._in_resync = False
 
     # -- sending ------------------------------------------------------------
 
     @property
     def resync_needed(self) -> bool:
-        """The peer needs our full table: dump it through send(resync_begin/end)."""
-        return self._resync_needed
+        """The peer needs our full table: dump it through send(resync_begin/end).
+
+        Only while the peer is heard from: a resync for a silent peer waits until it is back."""
+        return self._resync_needed and self._alive
 
     @property
     def peer_known(self) -> bool:
@@ -191,8 +198,9 @@ class SyncChannel:
         size = len(records)
         if size % RECORD_SIZE:
             raise ValueError(f"{size} bytes is not a whole number of {RECORD_SIZE}-byte records")
-        if not self._peer_epoch:
-            self._count["records_dropped_no_peer"] += size // RECORD_SIZE
+        if not self._alive:
+            self._count["records_dropped_no_peer" if not self._peer_epoch else "records_dropped_silent"] += (
+                size // RECORD_SIZE)
             return []
         if resync_begin:
             self._begin_resync()
@@ -335,25 +343,31 @@ class SyncChannel:
         if frame.epoch > self._peer_epoch:
             self._meet(frame, result)
         self._last_heard = now
+        self._alive = True
         if frame.ack_epoch == 0:
             # The peer has not heard from us yet: tell it who we are.
             if now - self._greeted >= self._config.ack_delay:
                 self._greeted = now
                 result.frames.append(self._control(SyncType.HELLO, now))
-            result.resync_requested = self._resync_needed
+            result.resync_requested = self.resync_needed
             return result
         self._on_ack(frame.ack, now, result.frames)
         if frame.kind is SyncType.DATA:
             self._on_data(frame, now, result)
         else:
             self._on_control(frame, now, result)
-        result.resync_requested = self._resync_needed
+        if self._gap():
+            if self._gap_since is None:
+                self._gap_since = now
+        else:
+            self._gap_since = None
+        result.resync_requested = self.resync_needed
         return result
 
     def _drop(self, result: Received, reason: str) -> Received:
         self._drops[reason] += 1
         result.dropped = reason
-        result.resync_requested = self._resync_needed
+        result.resync_requested = self.resync_needed
         return result
 
     def _refuse(self, frame: SyncFrame, max_epoch: int | None) -> str | None:
@@ -515,6 +529,8 @@ class SyncChannel:
     def handle_timer(self, now: float) -> list[bytes]:
         """Resends, NACK retries, delayed acks and keepalives that are due at `now`."""
         out: list[bytes] = []
+        if self._alive and now >= (self._last_heard or 0.0) + self._config.dead_after:
+            self._on_silence()
         if self._rto_at is not None and now >= self._rto_at:
             out.extend(self._on_timeout(now))
         if self._requesting and now >= self._request_at:
@@ -528,6 +544,19 @@ class SyncChannel:
         if now >= self._last_tx + self._config.keepalive:
             out.append(self._control(SyncType.HELLO, now))
         return out
+
+    def _on_silence(self) -> None:
+        """The peer is gone for now: let go of everything kept for it; it gets a resync when back."""
+        self._alive = False
+        self._count["peer_silences"] += 1
+        self._unqueue()
+        for seq in range(self._tx_base + 1, self._tx_next):
+            del self._frames[seq]
+            del self._sent_at[seq]
+        self._tx_base = self._tx_next - 1
+        self._rto_at = None
+        self._rto = self._config.rto
+        self._resync_needed = True
 
     def _on_timeout(self, now: float) -> list[bytes]:
         """The ack is late: resend the oldest frames, and a HELLO so the peer sees our top seq."""
@@ -543,6 +572,8 @@ class SyncChannel:
 
     def get_timer(self) -> float | None:
         times = [self._last_tx + self._config.keepalive]
+        if self._alive:
+            times.append((self._last_heard or 0.0) + self._config.dead_after)
         if self._rto_at is not None:
             times.append(self._rto_at)
         if self._ack_at is not None:
@@ -573,7 +604,7 @@ class SyncChannel:
             found.append("acks late")
         if self._requesting or self._in_resync:
             found.append("receiving a resync")
-        if self._gap():
+        if self._gap_since is not None and now - self._gap_since > self._config.lag_limit:
             found.append("gap in received stream")
         return found
 
@@ -614,6 +645,8 @@ class SyncChannel:
             "lag_s": self.lag(now),
             "rto_s": self._rto,
             "resync_needed": self._resync_needed,
+            "peer_alive": self._alive,
+            "peer_silences": count["peer_silences"],
             "in_sync": self.in_sync(now),
             "problems": self.problems(now),
         }

@@ -211,6 +211,7 @@ def changes(rng: random.Random, n: int, keys: int = 200) -> list[tuple[int, int]
 STEP = st.one_of(
     st.tuples(st.just("event"), st.sampled_from([1, 2]), st.integers(1, 60)),
     st.tuples(st.just("run"), st.floats(0.0, 1.5)),
+    st.tuples(st.just("run"), st.just(6.0)),  # past dead_after: a partition becomes a silent peer
     st.tuples(st.just("link"), st.sampled_from([0.0, 0.1, 0.3, 0.6]), st.sampled_from([0.0, 0.2]),
               st.sampled_from([0.0, 0.005, 0.05])),
     st.tuples(st.just("partition"), st.booleans()),
@@ -595,3 +596,24 @@ def test_sealed_payloads_sync_and_plaintext_is_refused():
 def _opener():
     from agent.core.syncwire import encryption
     return encryption(KEYS)
+
+
+def test_a_silent_peer_holds_no_queue_and_gets_one_resync_when_back():
+    pair = started(SyncConfig(window=4))
+    a = pair.nodes[1]
+    pair.partitioned = True
+    dumps = []
+    for second in range(12):
+        pair.event(1, [(k, second + 1) for k in range(1, 14 * 10 + 1)])
+        dumps.append(a.channel.resync_needed)
+        pair.run_for(1.0)
+    stats = a.channel.stats(pair.now)
+    assert not stats["peer_alive"] and stats["peer_silences"] == 1
+    assert stats["unacked"] == stats["queued_frames"] == stats["queued_bytes"] == 0
+    assert stats["records_dropped"]["silent"] >= 14 * 10 * 6
+    assert not any(dumps)  # no table dump for a peer that cannot take it
+    assert "peer silent" in a.channel.problems(pair.now)
+    pair.partitioned = False
+    pair.run_for(5.0)
+    pair.check(settled=True)
+    assert a.channel.stats(pair.now)["resyncs_served"] == 2
