@@ -20,8 +20,14 @@ peer's address to `receive`, sends every frame returned (by `send`, `receive`,
 `handle_timer`, `request_resync`) to that address, re-arms one timer at
 `get_timer()`, and, whenever `resync_needed` is true, dumps the table and
 feeds it through `send` (first call resync_begin=True, last resync_end=True,
-in chunks while `room()` allows). The channel sends RESYNC_REQUEST frames
-itself: `request_resync` is the operator's verb, the rest it decides alone.
+in chunks while `room()` allows, each chunk read from the live table when it
+is sent, so that no chunk is older than an event already sent). To push a
+table unasked (an ENOBUFS overrun, `agentctl conntrack bulk-send`), call
+`send` with the same flags. The channel sends RESYNC_REQUEST frames itself:
+`request_resync` is the operator's verb (conntrackd -n), the rest it decides
+alone: a new or restarted peer, a queue overflow, a request, a peer back from
+silence (heard from after `dead_after`, until when everything kept for it was
+let go) all show as `resync_needed`.
 
 Everything that arrives is hostile: a frame is checked completely before it
 changes anything, and a bad one is dropped and counted under one reason
