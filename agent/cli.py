@@ -167,6 +167,40 @@ def flow_owner(status: dict, address: str, ports: list[int], name: str | None) -
             "owners": info["owners"][number]}
 
 
+CONNTRACK_ACTIONS = {
+    "stats": "cache size, events/s, sync lag and health per peer, resyncs, the last replay (conntrackd -s)",
+    "commit": "write the cache into the kernel now (conntrackd -c)",
+    "flush": "empty the cache (conntrackd -f)",
+    "resync": "ask every peer for its full table (conntrackd -n)",
+    "bulk-send": "send our full table to every peer (conntrackd -B)",
+}
+
+
+def render_conntrack(stats: dict) -> str:
+    kernel = stats.get("kernel", {})
+    replay = stats.get("last_replay") or {}
+    lines = [
+        f"mode {stats['mode']}  socket {'open' if stats['open'] else 'CLOSED'}"
+        f"  {'sending (holds a block)' if stats['holding'] else 'not sending (holds no block)'}"
+        f"  {'in sync' if stats['in_sync'] else 'OUT OF SYNC'}",
+        f"kernel: {kernel.get('count')} entries, max {kernel.get('max')}, {kernel.get('buckets')} buckets",
+        f"events: {stats['events_per_s']}/s, {stats['counters'].get('events', 0)} in all,"
+        f" overruns {stats['counters'].get('overruns', 0)}",
+    ]
+    if stats.get("cache_entries") is not None:
+        lines.append(f"cache: {stats['cache_entries']} entries, {stats['cache_bytes']} bytes")
+    if replay:
+        lines.append(f"last replay: {replay.get('applied')} entries in {replay.get('seconds', 0) * 1000:.1f} ms,"
+                     f" errors {replay.get('errors') or 'none'}")
+    for peer, info in stats.get("peers", {}).items():
+        lines.append(f"peer {peer}: " + ", ".join(f"{k} {v}" for k, v in sorted(info.items())
+                                                   if not isinstance(v, dict)))
+    drops = {k: v for k, v in stats.get("drops", {}).items() if v}
+    lines.append("drops: " + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none"))
+    lines += [f"WARNING: {w}" for w in stats.get("warnings", [])]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agentctl", description=__doc__.splitlines()[0])
     parser.add_argument("-s", "--socket", default=DEFAULT_SOCKET, help="control socket path")
@@ -186,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     owner.add_argument("address", help="the outside peer's address (the source of what arrives)")
     owner.add_argument("ports", nargs="*", type=int, help="its source port, then the destination port")
     owner.add_argument("--block", help="the active/active block, if there are several")
+    conntrack = verbs.add_parser("conntrack", help="connection-tracking sync, with conntrackd's verbs")
+    conntrack.add_argument("action", choices=CONNTRACK_ACTIONS, help="; ".join(
+        f"{name}: {what}" for name, what in CONNTRACK_ACTIONS.items()))
     args = parser.parse_args(argv)
 
     command, payload = args.verb, {}
@@ -195,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         payload = {"mode": args.mode}
     elif args.verb == "failover" and args.force:
         payload = {"force": True}
+    elif args.verb == "conntrack":
+        payload = {"action": args.action}
     try:
         reply = request(args.socket, command, payload)
     except (OSError, ValueError) as exc:
@@ -225,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         print(render_status(reply))
     elif command == "metrics":
         print(reply["text"], end="")
+    elif command == "conntrack" and args.action == "stats":
+        print(render_conntrack(reply))
     else:
         print(reply.get("message", "ok"))
     return 0

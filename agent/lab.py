@@ -50,6 +50,9 @@ HB_PORT = 7788
 CLIENT_EXT = "203.0.113.10"
 CLIENT_EXT6 = "2001:db8:e::10"
 SERVER_INT = "198.51.100.10"
+# The inside gateway block's address, and the block address the client routes the server through.
+INT_GW = "198.51.100.254"
+CLIENT_GATEWAY = "198.18.0.1"
 KEY_HEX = "7d1b9f0e3c5a48f2a6b0c1d2e3f40516"
 ROLES = ("seg", "client", "server")
 HEARTBEATS = ("direct", "switched")
@@ -279,8 +282,9 @@ class Lab:
         for node in self.addresses if route else ():
             self._batch(f"fw{node}", [f"route add {route} via {CLIENT_EXT} dev ext0"])
 
-    def exec(self, role: str, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
-        return run_in(self.ns(role), argv, check=check)
+    def exec(self, role: str, argv: list[str], check: bool = True, input: str | None = None
+             ) -> subprocess.CompletedProcess:
+        return run_in(self.ns(role), argv, check=check, input=input)
 
     def socket_path(self, node: int) -> str:
         return str(self.dir / f"fw{node}.sock")
@@ -289,11 +293,13 @@ class Lab:
                      preempt_delay: float = 0.0, advert_interval: float = 0.05,
                      key_hex: str = KEY_HEX, block: str = BLOCK_V4, block_v6: bool | str = False,
                      announce: str = "", heartbeat: str = "group", l2: str = "garp",
-                     backend: str = "nft", shared: bool = False, metrics: str | None = None) -> Path:
+                     backend: str = "nft", shared: bool = False, metrics: str | None = None,
+                     conntrack: str | None = None, extra: str = "") -> Path:
         """An agent configuration for fw<node>; `announce` is extra TOML for the block;
         `l2` its L2 mode (vmac: VRID 51; cluster-mac: one cluster MAC per block, its
         filter in `backend`, "nft" or "xdp"; `shared`: the IPv4 block active/active;
-        `metrics`: the Prometheus listener's ADDRESS:PORT);
+        `metrics`: the Prometheus listener's ADDRESS:PORT; `conntrack`: the sync's mode,
+        over hb1; `extra`: more TOML at the end);
         `block_v6` adds the IPv6 block (True: BLOCK_V6, or a prefix inside it);
         `heartbeat` is "group" (IPv4 multicast), "group6" (IPv6 link-local multicast)
         or "unicast" (the peer's hb addresses)."""
@@ -343,8 +349,48 @@ prefixes = ["{block}"]
 mode = "{"active-active" if shared else "active-passive"}"
 {announce}
 {self._l2(l2, 1, backend)}
-{v6_block}""")
+{v6_block}
+{self._conntrack(node, conntrack) if conntrack else ""}
+{extra}""")
         return path
+
+    def _conntrack(self, node: int, mode: str) -> str:
+        peers = ", ".join(f'"{a.hb1}"' for n, a in self.addresses.items() if n != node)
+        return f'[conntrack]\ninterface = "hb1"\npeers = [{peers}]\nmode = "{mode}"\n'
+
+    def route_through_cluster(self) -> None:
+        """Client-to-server flows forwarded by the holder: the client reaches the server
+        through a block address, the server answers through the inside gateway block
+        (INT_GW), and each node's stateful ruleset SNATs what it forwards to INT_GW, as a
+        firewall pair does. Only entries synced from the master let a new holder carry
+        those flows on: new TCP without SYN is dropped and tcp_loose is off."""
+        self._batch("client", [f"route add {SERVER_INT}/32 via {CLIENT_GATEWAY} dev ext0"])
+        self._batch("server", ["route del default", f"route add default via {INT_GW}"])
+        ruleset = f"""
+table inet labfw {{
+    chain forward {{
+        type filter hook forward priority 0; policy drop;
+        ct state invalid drop
+        ct state established,related accept
+        iifname "ext0" oifname "int0" ct state new tcp flags & (fin | syn | rst | ack) == syn accept
+        iifname "ext0" oifname "int0" ct state new meta l4proto {{ udp, icmp }} accept
+    }}
+}}
+table ip labnat {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat;
+        oifname "int0" snat to {INT_GW}
+    }}
+}}
+"""
+        for node in self.addresses:
+            self.exec(f"fw{node}", ["nft", "-f", "-"], input=ruleset)
+            self._sysctl(f"fw{node}", "net.netfilter.nf_conntrack_tcp_loose=0")
+
+    @staticmethod
+    def inside_block() -> str:
+        """The inside gateway as a block of its own (the classic internal VIP)."""
+        return f'[[block]]\nname = "int"\ninterface = "int0"\naddresses = ["{INT_GW}"]\n'
 
     @staticmethod
     def _l2(mode: str, nth: int, backend: str) -> str:

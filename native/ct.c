@@ -391,6 +391,34 @@ static void put_tcp(struct writer *w, const struct dp_ct_record *r, int liberal)
     nest_end(w, pi);
 }
 
+/* ICMP echo and its reply, whose inverse tuple the kernel knows; other ICMP types keep
+ * the reply tuple they came with. */
+static int echo_reply_type(uint8_t proto, uint8_t type)
+{
+    if (proto == IPPROTO_ICMP)
+        return type == 8 ? 0 : type == 0 ? 8 : -1;
+    return type == 128 ? 129 : type == 129 ? 128 : -1;
+}
+
+static int invertible(const struct dp_ct_record *r)
+{
+    if (r->proto != IPPROTO_ICMP && r->proto != IPPROTO_ICMPV6)
+        return 1;
+    return echo_reply_type(r->proto, (uint8_t)(ntohs(r->orig_dport) >> 8)) >= 0;
+}
+
+/* A port of the original tuple's inverse: its source (src 1) or destination. */
+static uint16_t inverse_port(const struct dp_ct_record *r, int src)
+{
+    if (r->proto == IPPROTO_ICMP || r->proto == IPPROTO_ICMPV6) {
+        if (src)
+            return r->orig_sport;
+        uint16_t tc = ntohs(r->orig_dport);
+        return htons((uint16_t)(echo_reply_type(r->proto, (uint8_t)(tc >> 8)) << 8 | (tc & 0xff)));
+    }
+    return src ? r->orig_dport : r->orig_sport;
+}
+
 static int encode_one(struct writer *w, const struct dp_ct_record *r, uint32_t seq, uint32_t options)
 {
     size_t start = w->len;
@@ -414,8 +442,16 @@ static int encode_one(struct writer *w, const struct dp_ct_record *r, uint32_t s
     if (zone)
         put_be16(w, CTA_ZONE, htons(r->zone));
     if (!destroy) {
-        put_tuple(w, CTA_TUPLE_REPLY, r->family, r->proto, r->reply_src, r->reply_dst, r->reply_sport,
-                  r->reply_dport, r->zone, 0);
+        if (create && r->status & (IPS_SRC_NAT | IPS_DST_NAT) && invertible(r)) {
+            /* As conntrackd does (NFCT_SOPT_SETUP_REPLY): the kernel derives the
+             * translated reply from the NAT set-up, and sets no NAT at all when the
+             * reply it is given is already the translated one. */
+            put_tuple(w, CTA_TUPLE_REPLY, r->family, r->proto, r->orig_dst, r->orig_src, inverse_port(r, 1),
+                      inverse_port(r, 0), r->zone, 0);
+        } else {
+            put_tuple(w, CTA_TUPLE_REPLY, r->family, r->proto, r->reply_src, r->reply_dst, r->reply_sport,
+                      r->reply_dport, r->zone, 0);
+        }
         if (r->have & DP_CT_HAVE_STATUS || create)
             put_be32(w, CTA_STATUS, r->status | (create ? IPS_CONFIRMED : 0));
         if (r->have & DP_CT_HAVE_TIMEOUT || create)

@@ -1,9 +1,8 @@
 """The order of a block's takeover and release, as data.
 
 Each line names one dataplane facility. Steps marked `before_traffic` must
-finish before the block may carry traffic here (later: connection state
-replayed before the filter gate opens, the gate open before the addresses are
-local); the others run behind it, once every block is serving, so that a small
+finish before the block may carry traffic here (connection state replayed
+before the filter gate opens, the gate open before the addresses are local); the others run behind it, once every block is serving, so that a small
 block never waits for a big block's announcement. A new kernel facility is one
 more line in TAKEOVER. A release runs the same steps in the opposite order.
 A step serves the L2 modes and cluster-filter backends it names: a cluster-mac
@@ -34,6 +33,7 @@ class Step:
 
 
 TAKEOVER: tuple[Step, ...] = (
+    Step("conntrack", before_traffic=True),                 # the peers' connection state into the kernel
     Step("gate", before_traffic=True),                      # nftables: the block's lease, opened
     Step("vmac", before_traffic=True, modes=frozenset({"vmac"})),            # the virtual MAC's macvlan up
     Step("buckets", before_traffic=True, modes=frozenset({"cluster-mac"}),   # cluster MAC: flow buckets owned,

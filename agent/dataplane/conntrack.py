@@ -147,8 +147,8 @@ class Parser:
         return b"".join(chunks), done
 
 
-def dump_table(sock: socket.socket | None = None) -> bytes:
-    """Every entry of this network namespace's table, as records."""
+def dump_table(sock: socket.socket | None = None, filter: Filter | None = None) -> bytes:
+    """Every entry of this network namespace's table (that the filter keeps), as records."""
     own = sock is None
     sock = sock or open_socket()
     try:
@@ -156,7 +156,7 @@ def dump_table(sock: socket.socket | None = None) -> bytes:
         seq = int(time.monotonic_ns() & 0x7FFFFFFF) or 1
         n = lib.dp_ct_encode_dump(request, 64, seq)
         sock.send(ffi.buffer(request, n))
-        parser = Parser()
+        parser = Parser(filter)
         chunks = []
         buf = bytearray(READ_BUFFER)
         while True:

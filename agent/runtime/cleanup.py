@@ -27,12 +27,14 @@ def worker(name: str) -> ThreadPoolExecutor:
 WORKERS = ("netlink", "announce", "nft", "xdp")
 
 
-def build_steps(loop: asyncio.AbstractEventLoop, workers: dict[str, Executor], lease: float) -> tuple[DataplaneStep, ...]:
+def build_steps(loop: asyncio.AbstractEventLoop, workers: dict[str, Executor], lease: float,
+                first: tuple[DataplaneStep, ...] = ()) -> tuple[DataplaneStep, ...]:
     """Every facility; core.plan decides their takeover order, this list the order they
     prepare in (a vmac exists before its sender opens; the nft cluster filter lets go of a
     block's multicast MAC before the XDP one takes it). `lease`: how long the gate and the
-    XDP filter serve without a refresh (one dead interval)."""
-    return (NftStep(workers["nft"], lease), ClusterStep(workers["nft"]), XdpStep(workers["xdp"], lease),
+    XDP filter serve without a refresh (one dead interval). `first`: the facilities only
+    some configurations have (the conntrack replay)."""
+    return (*first, NftStep(workers["nft"], lease), ClusterStep(workers["nft"]), XdpStep(workers["xdp"], lease),
             VmacStep(workers["netlink"]), AddressStep(workers["netlink"]), AnnounceStep(loop, workers["announce"]))
 
 

@@ -24,7 +24,9 @@ from agent.core.links import UP, heartbeat_usable, link_events
 from agent.core.wire import KeyRing
 from agent.runtime import metrics, status, verbs
 from agent.runtime.cleanup import WORKERS, build_steps, remove_leftovers, worker
+from agent.dataplane.ctreplay import ConntrackStep
 from agent.runtime.control import ControlServer
+from agent.runtime.ctsync import ConntrackSync
 from agent.runtime.epoch import next_epoch
 from agent.runtime.heartbeat import HeartbeatPort
 from agent.runtime.linkmon import LinkMonitor, read_links
@@ -56,14 +58,23 @@ class Daemon:
                              tick=lambda: self.runner.refresh())
         self.ports = {link.interface: HeartbeatPort(link, self.loop, self.pump.datagram, self._on_port)
                       for link in config.heartbeat}
-        self.workers = {name: worker(name) for name in (*WORKERS, "config")}
+        self.workers = {name: worker(name) for name in (*WORKERS, "config", "conntrack")}
+        self.sync: ConntrackSync | None = None
+        first = ()
+        if config.conntrack is not None:
+            self.sync = ConntrackSync(self.loop, config.conntrack, KeyRing(config.keys), config.node.id, epoch,
+                                      self.workers["conntrack"], holding=lambda: bool(self.runner.held),
+                                      extra_ignore=tuple(str(a) for link in config.heartbeat for a in link.peers))
+            first = (ConntrackStep(self.workers["conntrack"], self.sync.writer, self.sync.cache),)
         # The gate's lease is one dead interval: a hung agent's node stops serving by the
         # time the peer, at the earliest, takes over.
-        steps = build_steps(self.loop, self.workers, lease=config.node.dead_interval)
+        steps = build_steps(self.loop, self.workers, lease=config.node.dead_interval, first=first)
         self.runner = StepRunner(self.loop, steps, self.history)
         self.configuration = Configuration(config, self.loop, self.workers["config"], pump=self.pump,
                                            runner=self.runner, history=self.history, notifier=self.notifier)
         handlers = verbs.handlers(self.pump, self.status, metrics.render, self.configuration.reload)
+        if self.sync is not None:
+            handlers |= verbs.conntrack_handlers(self.sync, first[0])
         self.control = ControlServer(str(config.control_socket), handlers)
         self.monitor: LinkMonitor | None = None
         self.metrics: MetricsListener | None = None
@@ -153,6 +164,7 @@ class Daemon:
             "blocks": [status.block_status(b, runner.held.get(b.name), runner.last_change.get(b.name))
                        for b in config.blocks],
             **{facility: step.status() for facility, step in runner.steps.items()},
+            **({"conntrack": {**runner.steps["conntrack"].status(), **self.sync.stats()}} if self.sync else {}),
             "transitions": self.history.as_list(),
             "state_changes": self.state_changes,
             "leftovers_removed": self.leftovers,
@@ -189,6 +201,8 @@ class Daemon:
         self.leftovers = await remove_leftovers(tuple(self.runner.steps.values()))
         if self.leftovers["applied"]:
             log.warning("removed %d leftovers of an earlier run", self.leftovers["applied"])
+        if self.sync is not None:
+            self.sync.start()
         watched = set(self.ports) | {b.interface for b in config.blocks}
         initial = await self.loop.run_in_executor(self.workers["netlink"], read_links, watched)
         self.monitor = LinkMonitor(self.loop, watched, self._on_link, self.workers["netlink"])
@@ -219,6 +233,8 @@ class Daemon:
             log.error("stopping with block(s) %s still in the kernel; exiting unclean for `dpagent cleanup`",
                       ", ".join(left))
         self.runner.close()
+        if self.sync is not None:
+            self.sync.close()
         self.pump.close()
         self.monitor.close()
         for port in self.ports.values():

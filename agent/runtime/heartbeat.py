@@ -70,13 +70,13 @@ _INT = struct.Struct("=i")
 
 # The TTL / hop limit of a datagram, as IP_RECVTTL / IPV6_RECVHOPLIMIT deliver it.
 _HOP_LIMIT_CMSG = {(socket.IPPROTO_IP, socket.IP_TTL), (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT)}
-_ANCILLARY_SIZE = socket.CMSG_SPACE(_INT.size)
+ANCILLARY_SIZE = socket.CMSG_SPACE(_INT.size)
 
 Receiver = Callable[[bytes, str], None]
 OnChange = Callable[[str], None]
 
 
-def _family(link: HeartbeatLink) -> socket.AddressFamily:
+def family_of(link: HeartbeatLink) -> socket.AddressFamily:
     first = link.group if link.group is not None else link.peers[0]
     return socket.AF_INET6 if isinstance(first, IPv6Address) else socket.AF_INET
 
@@ -86,17 +86,17 @@ def _plain(address: IPAddress) -> str:
     return socket.inet_ntop(socket.AF_INET6 if address.version == 6 else socket.AF_INET, address.packed)
 
 
-def _sockaddr(family: socket.AddressFamily, address: IPAddress, port: int, index: int) -> tuple:
+def sockaddr(family: socket.AddressFamily, address: IPAddress, port: int, index: int) -> tuple:
     # The kernel reads the scope id only where the address needs one (link-local unicast and multicast).
     return (_plain(address), port) if family == socket.AF_INET else (_plain(address), port, 0, index)
 
 
-def _set_receive_buffer(sock: socket.socket) -> None:
+def _set_receive_buffer(sock: socket.socket, size: int) -> None:
     """SO_RCVBUFFORCE passes net.core.rmem_max (with CAP_NET_ADMIN); SO_RCVBUF is capped by it."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
     except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 def _set_gtsm(sock: socket.socket, family: socket.AddressFamily) -> None:
@@ -123,20 +123,25 @@ def _join(sock: socket.socket, group: IPAddress, index: int) -> None:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
 
 
-def _open_socket(link: HeartbeatLink, index: int) -> socket.socket:
-    family = _family(link)
+# Heartbeats must win against bulk traffic on a shared link: TOS/class "network control".
+NETWORK_CONTROL = 0xC0
+
+
+def open_socket(link: HeartbeatLink, index: int, *, receive_buffer: int = RECEIVE_BUFFER,
+                tos: int = NETWORK_CONTROL) -> socket.socket:
+    """A link's socket, bound and protected as the module's docstring says (also the sync's)."""
+    family = family_of(link)
     sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
         # Before bind: the device is part of what the bind conflicts with.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, link.interface.encode())
-        _set_receive_buffer(sock)
+        _set_receive_buffer(sock, receive_buffer)
         _set_gtsm(sock, family)
-        # Heartbeats must win against bulk traffic on a shared link: TOS/class "network control".
         if family == socket.AF_INET:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xC0)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
         else:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, 0xC0)
-        sock.bind(_sockaddr(family, bind_address(link, family, index), link.port, index))
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
+        sock.bind(sockaddr(family, bind_address(link, family, index), link.port, index))
         if link.group is not None:
             _join(sock, link.group, index)
         return sock
@@ -145,7 +150,7 @@ def _open_socket(link: HeartbeatLink, index: int) -> socket.socket:
         raise
 
 
-def _hop_limit(ancillary: list[tuple[int, int, bytes]]) -> int:
+def hop_limit(ancillary: list[tuple[int, int, bytes]]) -> int:
     """The arrival's TTL / hop limit; 0 (dropped) if the kernel gave none."""
     for level, kind, data in ancillary:
         if (level, kind) in _HOP_LIMIT_CMSG and len(data) >= _INT.size:
@@ -168,7 +173,7 @@ class HeartbeatPort:
         self._loop = loop
         self._receiver = receiver
         self._on_change = on_change
-        self._family = _family(link)
+        self._family = family_of(link)
         self._sock: socket.socket | None = None
         self._targets: list[tuple] = []
         # Packed source addresses accepted; None on a multicast link, whose peers are not listed.
@@ -222,16 +227,16 @@ class HeartbeatPort:
     def _try_open(self) -> None:
         try:
             index = socket.if_nametoindex(self.name)
-            sock = _open_socket(self.link, index)
+            sock = open_socket(self.link, index)
         except OSError as exc:
             self.last_error = f"open: {exc.strerror or exc}"
             self._retry = self._loop.call_later(self._delay, self._retry_open)
             self._delay = min(self._delay * 2, RETRY_MAX)
             return
         self._sock = sock
-        self._targets = ([_sockaddr(self._family, self.link.group, self.link.port, index)]
+        self._targets = ([sockaddr(self._family, self.link.group, self.link.port, index)]
                          if self.link.group is not None
-                         else [_sockaddr(self._family, p, self.link.port, index) for p in self.link.peers])
+                         else [sockaddr(self._family, p, self.link.port, index) for p in self.link.peers])
         self.last_error = ""
         self._loop.add_reader(sock.fileno(), self._on_readable)
 
@@ -267,7 +272,7 @@ class HeartbeatPort:
 
     def _rejected(self, ancillary: list[tuple[int, int, bytes]], source: tuple) -> str:
         """Why a datagram is dropped before the core sees it, or "" if it is not."""
-        if _hop_limit(ancillary) < GTSM_TTL:
+        if hop_limit(ancillary) < GTSM_TTL:
             return "ttl"
         if self._sources is not None and socket.inet_pton(self._family, source[0]) not in self._sources:
             return "source"
@@ -281,7 +286,7 @@ class HeartbeatPort:
             if sock is not self._sock:
                 return
             try:
-                data, ancillary, _flags, source = sock.recvmsg(_MAX_DATAGRAM, _ANCILLARY_SIZE)
+                data, ancillary, _flags, source = sock.recvmsg(_MAX_DATAGRAM, ANCILLARY_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:

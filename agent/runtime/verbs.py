@@ -6,7 +6,9 @@ from collections.abc import Awaitable, Callable
 
 from agent.core.events import AdminCommand, AdminVerb
 from agent.core.states import State
+from agent.dataplane.ctreplay import ConntrackStep
 from agent.runtime.control import ControlError, Handler
+from agent.runtime.ctsync import ConntrackSync
 from agent.runtime.pump import CorePump
 
 
@@ -48,3 +50,28 @@ def handlers(pump: CorePump, status: Callable[[], dict], metrics: Callable[[dict
         "maintenance": maintenance,
         "reload": reload_verb,
     }
+
+
+def conntrack_handlers(sync: ConntrackSync, step: ConntrackStep) -> dict[str, Handler]:
+    """`agentctl conntrack ACTION`, with conntrackd's verbs."""
+
+    async def conntrack(args: dict) -> dict:
+        action = args.get("action")
+        if action == "stats":
+            return {**sync.stats(), **step.status()}
+        if action == "resync":
+            return {"message": f"asked {sync.request_resync()} peer(s) for their full table"}
+        if action == "bulk-send":
+            return {"message": f"sending our full table to {sync.bulk_send()} peer(s)"}
+        if action in ("commit", "flush") and sync.cache is None:
+            raise ControlError(f"hot standby keeps no cache: every change is in the kernel already ({action})")
+        if action == "flush":
+            count = len(sync.cache)
+            sync.cache.clear()
+            return {"message": f"flushed {count} cached entries"}
+        if action == "commit":
+            result = await sync.run(step.replay)
+            return {"message": f"committed {result.applied} entries", **result.as_dict()}
+        raise ControlError("args.action must be one of stats, commit, flush, resync, bulk-send")
+
+    return {"conntrack": conntrack}

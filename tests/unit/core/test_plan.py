@@ -39,7 +39,7 @@ def test_the_gate_opens_before_the_addresses_are_local_and_closes_after_they_are
 
 
 def test_each_l2_mode_runs_its_own_steps():
-    everything = {step.facility for step in plan.TAKEOVER}
+    everything = {step.facility for step in plan.TAKEOVER} - {"conntrack"}
     assert [s.facility for s in plan.takeover(everything, "garp")] == ["gate", "addresses", "announce"]
     # The vmac is up before the addresses are local; a few frames from it go behind.
     assert [s.facility for s in plan.takeover(everything, "vmac")] == ["gate", "vmac", "addresses", "announce"]
@@ -50,8 +50,16 @@ def test_each_l2_mode_runs_its_own_steps():
 
 
 def test_a_cluster_mac_block_owns_its_buckets_in_its_backend_only():
-    everything = {step.facility for step in plan.TAKEOVER}
+    everything = {step.facility for step in plan.TAKEOVER} - {"conntrack"}
     assert [s.facility for s in plan.takeover(everything, "cluster-mac", "xdp")] == ["gate", "xdp", "addresses"]
     assert [s.facility for s in plan.release(everything, "cluster-mac", "xdp")] == ["addresses", "xdp", "gate"]
     # The other modes have no cluster filter, whatever the backend says.
     assert plan.takeover(everything, "garp", "xdp") == plan.takeover(everything, "garp", "nft")
+
+
+def test_connection_state_is_in_the_kernel_before_the_gate_opens():
+    everything = {step.facility for step in plan.TAKEOVER}
+    for mode in plan.L2_MODES:
+        steps = plan.takeover(everything, mode)
+        assert steps[0].facility == "conntrack" and steps[0].before_traffic and steps[1].facility == "gate"
+        assert plan.release(everything, mode)[-1].facility == "conntrack"

@@ -169,14 +169,14 @@ def test_frames_leave_with_ttl_255_from_the_link_address():
             port.send(b"advert")
             data, ancillary, _flags, source = peer.recvmsg(64, socket.CMSG_SPACE(4))
         port.close()
-        return data, heartbeat._hop_limit(ancillary), source[0]
+        return data, heartbeat.hop_limit(ancillary), source[0]
 
     assert uvloop.run(main()) == (b"advert", GTSM_TTL, "127.0.0.1")
 
 
 def test_the_receive_buffer_holds_a_burst():
     link = lo_link("127.0.0.1", free_port())
-    with heartbeat._open_socket(link, socket.if_nametoindex("lo")) as sock:
+    with heartbeat.open_socket(link, socket.if_nametoindex("lo")) as sock:
         size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     with open("/proc/sys/net/core/rmem_max") as f:
         cap = RECEIVE_BUFFER if os.geteuid() == 0 else min(RECEIVE_BUFFER, int(f.read()))
@@ -275,8 +275,8 @@ def test_want_true_on_an_open_port_reopens_it_without_telling(monkeypatch):
         opened.append(sock)
         return sock
 
-    real = heartbeat._open_socket
-    monkeypatch.setattr(heartbeat, "_open_socket", counting)
+    real = heartbeat.open_socket
+    monkeypatch.setattr(heartbeat, "open_socket", counting)
     port_number = free_port()
 
     async def main() -> list[str]:
