@@ -9,8 +9,10 @@ setup:
 
 native: setup
 
+# make run BLOCK=/24 L2=vmac FAULT=hang HEARTBEAT=switched: any of them, in any mix (python -m agent.lab demo --help).
 run: setup
-	$(PY) -m agent.lab demo
+	$(PY) -m agent.lab demo $(if $(BLOCK),--block $(BLOCK)) $(if $(L2),--l2 $(L2)) $(if $(FAULT),--fault $(FAULT)) \
+		$(if $(HEARTBEAT),--heartbeat $(HEARTBEAT))
 
 test: setup
 	$(PY) -m pytest -q tests
