@@ -52,3 +52,4 @@ def test_a_timeline_and_a_summary_are_written_as_png(tmp_path):
     outcomes = [labplot.Outcome("dpagent garp", 256, "direct", "kill", 5.0, 4.0),
                 labplot.Outcome("keepalived-fast", 65536, "direct", "kill", 90000.0, None, lower_bound=True)]
     assert labplot.summary(tmp_path / "s.png", outcomes).read_bytes()[:4] == b"\x89PNG"
+
