@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test bench native clean
+.PHONY: setup run test bench native deb clean
 
 setup:
 	./packaging/setup.sh
@@ -20,5 +20,9 @@ test: setup
 bench: setup
 	$(PY) bench/run_all.py
 
+# dist/dpagent_<version>-1_<arch>.deb (packaging/build-deb.sh)
+deb: setup
+	./packaging/build-deb.sh
+
 clean:
-	rm -rf $(VENV) agent/_native native/build
+	rm -rf $(VENV) agent/_native native/build dist
