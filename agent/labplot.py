@@ -152,42 +152,48 @@ class Outcome:
 
 def summary(path: Path, outcomes: list[Outcome], title: str = "failover outage, worst address") -> Path:
     """Write a bar chart of the worst-address outage by system and block size, one panel per
-    heartbeat topology and case, log scale (a few ms next to tens of seconds)."""
+    heartbeat topology (rows) and case (columns), on one log scale from 1 ms (a few ms next to
+    tens of seconds)."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    panels = sorted({(o.heartbeat, o.case) for o in outcomes})
+    heartbeats = sorted({o.heartbeat for o in outcomes})
+    cases = sorted({o.case for o in outcomes})
     systems = sorted({o.system for o in outcomes})
     blocks = sorted({o.block for o in outcomes})
     colours = {s: NODE_COLOURS[i % len(NODE_COLOURS)] for i, s in enumerate(systems)}
-    figure = Figure(figsize=(5 * len(panels) or 5, 4.5), layout="constrained")
-    axes_list = figure.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    figure = Figure(figsize=(1.5 + 2.2 * len(cases) * max(1, len(blocks)) * max(1, len(systems)) / 3,
+                             1.5 + 3.2 * len(heartbeats)), layout="constrained")
+    grid = figure.subplots(max(1, len(heartbeats)), max(1, len(cases)), squeeze=False, sharey=True)
     width = 0.8 / max(1, len(systems))
-    for axes, (heartbeat, case) in zip(axes_list, panels):
-        for i, system in enumerate(systems):
-            for j, block in enumerate(blocks):
-                found = [o for o in outcomes if (o.system, o.block, o.heartbeat, o.case) == (system, block, heartbeat,
-                                                                                             case)]
-                if not found:
-                    continue
-                o = found[0]
-                x = j - 0.4 + width * (i + 0.5)
-                axes.bar(x, o.worst_ms, width, color=colours[system], hatch="//" if o.lower_bound else None,
-                         edgecolor="white" if o.lower_bound else None)
-                if o.median_ms:
-                    axes.plot(x, o.median_ms, marker="_", color="black", markersize=10)
-                axes.text(x, o.worst_ms * 1.1, ("≥" if o.lower_bound else "") + f"{o.worst_ms:.0f}", ha="center",
-                          fontsize=7, rotation=90, va="bottom")
-        axes.set_yscale("log")
-        axes.set_xticks(range(len(blocks)), [f"{b:,} addresses" for b in blocks])
-        axes.set_title(f"{case}, heartbeat {heartbeat}", fontsize=10)
-        axes.set_ylabel("outage, ms (log)")
-        axes.margins(y=0.25)
+    top = max([o.worst_ms for o in outcomes] + [1.0]) * 4
+    for row, heartbeat in enumerate(heartbeats):
+        for column, case in enumerate(cases):
+            axes = grid[row][column]
+            for i, system in enumerate(systems):
+                for j, block in enumerate(blocks):
+                    found = next((o for o in outcomes if (o.system, o.block, o.heartbeat, o.case)
+                                  == (system, block, heartbeat, case)), None)
+                    if found is None:
+                        continue
+                    x = j - 0.4 + width * (i + 0.5)
+                    axes.bar(x, found.worst_ms - 1, width * 0.9, bottom=1, color=colours[system],
+                             hatch="//" if found.lower_bound else None, edgecolor="white")
+                    if found.median_ms:
+                        axes.plot(x, found.median_ms, marker="_", color="black", markersize=12)
+                    axes.text(x, found.worst_ms * 1.15, ("≥" if found.lower_bound else "") + f"{found.worst_ms:,.0f}",
+                              ha="center", va="bottom", fontsize=7)
+            axes.set_yscale("log")
+            axes.set_ylim(1, top)
+            axes.set_xticks(range(len(blocks)), [f"{b:,} addresses" for b in blocks], fontsize=8)
+            axes.set_title(f"{case}, heartbeat {heartbeat}", fontsize=9)
+            if column == 0:
+                axes.set_ylabel("ms (log)")
     handles = [Patch(color=colours[s], label=s) for s in systems]
     handles += [Line2D([], [], color="black", marker="_", linestyle="", label="median address"),
                 Patch(facecolor="lightgray", hatch="//", label="lower bound (never finished)")]
-    axes_list[0].legend(handles=handles, loc="upper left", fontsize=7, frameon=False)
+    grid[0][0].legend(handles=handles, loc="upper left", fontsize=7, frameon=False)
     figure.suptitle(title, fontsize=11)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
