@@ -11,6 +11,10 @@ import json
 import socket
 import sys
 import time
+from collections.abc import Callable
+from typing import TextIO
+
+from agent import manual
 
 DEFAULT_SOCKET = "/run/dpagent/control.sock"
 EXIT_REFUSED = 1
@@ -201,13 +205,59 @@ def render_conntrack(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0.01 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text}: give seconds from 0.01 to 3600")
+    return value
+
+
+# Cursor home, then each line cleared to its end and the rest of the screen below: a redraw in place
+# that never blanks the screen between two frames, as watch(1) does it.
+HOME, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
+
+
+def watch(path: str, interval: float, *, as_json: bool = False, pretty: bool = False,
+          out: TextIO | None = None, render: Callable[[dict], str] = render_status) -> int:
+    """`agentctl status --watch`: the status every `interval` seconds until Ctrl-C (0), or until
+    the agent cannot be reached (EXIT_UNREACHABLE) or refuses (EXIT_REFUSED). On a terminal each
+    table is drawn over the last; otherwise (and with JSON) the frames follow one another."""
+    out = out or sys.stdout
+    in_place = out.isatty() and not as_json
+    try:
+        while True:
+            try:
+                reply = request(path, "status")
+            except (OSError, ValueError) as exc:
+                print(f"agentctl: cannot reach dpagent at {path}: {exc}", file=sys.stderr)
+                return EXIT_UNREACHABLE
+            if not reply.get("ok"):
+                print(f"agentctl: status: {reply.get('error', 'refused')}", file=sys.stderr)
+                return EXIT_REFUSED
+            if as_json:
+                out.write(json.dumps(reply, indent=2 if pretty else None, sort_keys=True) + "\n")
+            else:
+                header = f"every {interval:g} s: agentctl status   {time.strftime('%H:%M:%S')}   (Ctrl-C ends)"
+                text = f"{header}\n\n{render(reply)}\n"
+                out.write(HOME + text.replace("\n", CLEAR_LINE + "\n") + CLEAR_BELOW if in_place else text + "\n")
+            out.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """agentctl's command line, with agent.manual's text: what `--help` and the man page show."""
     parser = argparse.ArgumentParser(prog="agentctl", description=__doc__.splitlines()[0])
     parser.add_argument("-s", "--socket", default=DEFAULT_SOCKET, help="control socket path")
     parser.add_argument("-j", "--json", action="store_true", help="compact JSON output")
     parser.add_argument("-p", "--pretty", action="store_true", help="pretty JSON output")
     verbs = parser.add_subparsers(dest="verb", required=True)
-    verbs.add_parser("status", help="state, peers, blocks, transitions, counters")
+    status = verbs.add_parser("status", help="state, peers, blocks, transitions, counters")
+    status.add_argument("-w", "--watch", action="store_true", help="redraw in place every --interval seconds "
+                        "until Ctrl-C (exit 0); with -j one JSON document per line")
+    status.add_argument("-i", "--interval", type=positive_seconds, default=1.0, metavar="SECONDS",
+                        help="seconds between two refreshes of --watch (default 1)")
     failover = verbs.add_parser("failover", help="hand the blocks over to a live backup gracefully")
     failover.add_argument("--force", action="store_true", help="resign even if no live backup is heard")
     maintenance = verbs.add_parser("maintenance", help="leave the election (on) or rejoin it (off)")
@@ -223,11 +273,17 @@ def main(argv: list[str] | None = None) -> int:
     conntrack = verbs.add_parser("conntrack", help="connection-tracking sync, with conntrackd's verbs")
     conntrack.add_argument("action", choices=CONNTRACK_ACTIONS, help="; ".join(
         f"{name}: {what}" for name, what in CONNTRACK_ACTIONS.items()))
-    args = parser.parse_args(argv)
+    return manual.apply(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     command, payload = args.verb, {}
     if command in ("buckets", "owner"):
         command = "status"
+    if args.verb == "status" and args.watch:
+        return watch(args.socket, args.interval, as_json=args.json or args.pretty, pretty=args.pretty)
     if args.verb == "maintenance":
         payload = {"mode": args.mode}
     elif args.verb == "failover" and args.force:

@@ -497,8 +497,42 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:8.1f} ms"
 
 
-def demo(probe_count: int = PROBE_TARGETS, heartbeat: str = "direct") -> int:
-    """`make run`: two agents hold 198.18.0.0/16, the master dies, the timeline is printed."""
+FAULTS = ("kill", "hang", "graceful")
+FAULT_TEXT = {
+    "kill": "fw1: agent SIGKILLed and its links set down (node death)",
+    "hang": "fw1: agent SIGSTOPped (a hung agent: its kernel answers until the gate's lease runs out)",
+    "graceful": "fw1: agentctl failover (a resign frame; fw1 releases the block)",
+}
+# What the timeline calls the moment of the failure, t = 0.
+FAULT_NOUN = {"kill": "kill", "hang": "hang", "graceful": "hand-over"}
+DEMO_PLOT = Path(__file__).resolve().parents[1] / "bench" / "results" / "demo-timeline.png"
+
+
+def demo_block(text: str) -> str:
+    """A block for the demo: a prefix length ("/24") or a prefix inside BLOCK_V4, which is on-link
+    for the client."""
+    block = ipaddress.ip_network(f"{BLOCK_V4.split('/')[0]}{text}" if text.startswith("/") else text)
+    if not block.subnet_of(ipaddress.ip_network(BLOCK_V4)):
+        raise ValueError(f"the demo's block must lie inside {BLOCK_V4}, not {block}")
+    return str(block)
+
+
+def fail(lab: Lab, fault: str) -> float:
+    """Make fw1 fail as `fault` says; the time it did."""
+    if fault == "kill":
+        return lab.kill_node(1)
+    at = time.time()
+    if fault == "hang":
+        os.killpg(lab.agents[1].pid, signal.SIGSTOP)
+    else:
+        request(lab.socket_path(1), "failover")
+    return at
+
+
+def demo(probe_count: int = PROBE_TARGETS, heartbeat: str = "direct", block: str = BLOCK_V4, l2: str = "garp",
+         fault: str = "kill", plot: Path | None = DEMO_PLOT) -> int:
+    """`make run`: two agents hold `block`, the master fails as `fault` says, the timeline is
+    printed and drawn to `plot`."""
     from agent.cli import render_status
     from agent.labprobe import address_outages, outage_stats
 
@@ -507,40 +541,41 @@ def demo(probe_count: int = PROBE_TARGETS, heartbeat: str = "direct") -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     with Lab(heartbeat=heartbeat) as lab:
-        print(f"lab {lab.prefix}: client, fw1, fw2, server; block {BLOCK_V4} on-link for the client; "
-              f"heartbeat links {heartbeat}")
-        lab.start_agent(1)
-        lab.wait_state(1, "MASTER")
-        lab.start_agent(2)
-        lab.wait_master_seen(2, 1)
+        print(f"lab {lab.prefix}: client, fw1, fw2, server; block {block} on-link for the client; "
+              f"heartbeat links {heartbeat}; l2 mode {l2}; fault {fault}")
+        lab.start_agent(1, lab.write_config(1, block=block, l2=l2))
+        lab.wait_state(1, "MASTER", timeout=30)
+        lab.start_agent(2, lab.write_config(2, block=block, l2=l2))
+        lab.wait_master_seen(2, 1, timeout=30)
         print("\n== fw1 (agentctl status) ==")
         print(render_status(lab.status(1)))
-        probe = lab.start_probe(4.0, count=probe_count, realtime=True)
-        print(f"\nprobing {probe_count} addresses across {BLOCK_V4} (first and last usable among them), "
+        probe = lab.start_probe(4.0, block=block, count=probe_count, realtime=True)
+        print(f"\nprobing {probe_count} addresses across {block} (first and last usable among them), "
               "each every 1 ms, from the client")
         time.sleep(1.0)
-        killed = lab.kill_node(1)
-        print("fw1: agent SIGKILLed and its links set down")
+        failed = fail(lab, fault)
+        print(FAULT_TEXT[fault])
         lab.wait_state(2, "MASTER", timeout=5)
         result = probe.finish()
         status = lab.status(2)
         took = status["transitions"][-1]
         fw2_mac = lab.mac("fw2", "ext0")
-        outages = address_outages(result, killed, fw2_mac)
+        outages = address_outages(result, failed, fw2_mac)
         back = sorted((o for o in outages if o.back), key=lambda o: o.first_after)
         stats = outage_stats(outages)
-        events = [(took["at"] - killed, f"fw2 {took['old']} -> {took['new']}: {took['reason']}")]
+        events = [(took["at"] - failed, f"fw2 {took['old']} -> {took['new']}: {took['reason']}")]
         if back:
-            events.append((max(o.last_before for o in outages) - killed, "last reply from fw1"))
-            events.append((back[0].first_after - killed, f"first address back: {back[0].target}"))
-            events.append((back[-1].first_after - killed, f"last address back: {back[-1].target}"))
+            events.append((max(o.last_before for o in outages) - failed, "last reply from fw1"))
+            events.append((back[0].first_after - failed, f"first address back: {back[0].target}"))
+            events.append((back[-1].first_after - failed, f"last address back: {back[-1].target}"))
         for step in took["steps"]:
-            events.append((step["started"] - killed, f"step {step['name']:<14} took {step['seconds'] * 1000:.1f} ms"
+            events.append((step["started"] - failed, f"step {step['name']:<14} took {step['seconds'] * 1000:.1f} ms"
                            + ("" if step["ok"] else " (FAILED)")))
-        print("\n== timeline (t = 0 at the kill; fw1's kernel answers until its links are down) ==")
+        print(f"\n== timeline (t = 0 at the {FAULT_NOUN[fault]}; fw1's kernel answers until its links are down"
+              " or its lease runs out) ==")
         for at, what in sorted(events):
             print(f"{_ms(at)}  {what}")
-        print("\n== outage per address (its last reply before the kill to its first from fw2) ==")
+        print(f"\n== outage per address (its last reply before the {FAULT_NOUN[fault]} to its first from fw2) ==")
         for o in outages:
             note = "" if o.back else "  (never back: lower bound)"
             print(f"  {o.target:<16}{_ms(o.seconds)}{note}")
@@ -549,8 +584,25 @@ def demo(probe_count: int = PROBE_TARGETS, heartbeat: str = "direct") -> int:
               "a user of the whole block lives with (the announcement reaches the addresses one after another)")
         print("\n== fw2 (agentctl status) ==")
         print(render_status(status))
+        if plot:
+            nodes = {lab.mac("fw1", "ext0"): "fw1", fw2_mac: "fw2"}
+            print(f"\ntimeline drawn to {draw(plot, result, failed, nodes, outages, took, block, l2, fault)}")
     print(f"\nlab {lab.prefix} removed")
     return 0
+
+
+def draw(path: Path, result: dict, failed: float, nodes: dict[str, str], outages: list, took: dict, block: str,
+         l2: str, fault: str) -> str:
+    """The demo's timeline as a PNG (agent.labplot); where it went, or why not."""
+    try:
+        from agent import labplot
+    except ImportError as exc:  # pragma: no cover - setup installs python3-matplotlib
+        return f"nowhere: {exc} (apt install python3-matplotlib)"
+    detect, steps = labplot.takeover(took)
+    labplot.timeline(path, result, failed, nodes, outages=outages, detect=detect, steps=steps,
+                     failure=FAULT_NOUN[fault],
+                     title=f"make run: {block}, l2 {l2}, fault {fault}: fw1 to fw2")
+    return str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -558,9 +610,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["demo"])
     parser.add_argument("--probe-count", type=int, default=PROBE_TARGETS)
     parser.add_argument("--heartbeat", choices=HEARTBEATS, default="direct")
+    parser.add_argument("--block", type=demo_block, default=BLOCK_V4,
+                        help=f"the block: a prefix length (/24) or a prefix inside {BLOCK_V4} (default the /16)")
+    parser.add_argument("--l2", choices=L2_MODES, default="garp", help="the block's L2 mode (default garp)")
+    parser.add_argument("--fault", choices=FAULTS, default="kill",
+                        help="how fw1 fails: kill (node death), hang (SIGSTOP), graceful (agentctl failover)")
+    parser.add_argument("--plot", type=Path, default=DEMO_PLOT, help="where the timeline PNG goes")
+    parser.add_argument("--no-plot", dest="plot", action="store_const", const=None, help="draw no timeline")
     args = parser.parse_args(argv)
     try:
-        return demo(args.probe_count, args.heartbeat)
+        return demo(args.probe_count, args.heartbeat, args.block, args.l2, args.fault, args.plot)
     except KeyboardInterrupt:
         print("interrupted; lab removed", file=sys.stderr)
         return 130

@@ -264,13 +264,26 @@ def analyse(result: dict, fail_at: float, new_mac: str, timed_out: bool, ended_a
     return run
 
 
+@dataclass
+class Picture:
+    """What a run's timeline is drawn from (agent.labplot); kept out of the JSON."""
+
+    result: dict
+    fail_at: float
+    nodes: dict[str, str]
+    ended_at: float
+    new_mac: str
+    transition: dict | None = None
+
+
 def one_run(system: Dpagent | Keepalived, block: str, heartbeat: str, case: str, timeout: float,
-            setup_timeout: float, probe_targets: int, realtime: bool) -> Run:
+            setup_timeout: float, probe_targets: int, realtime: bool) -> tuple[Run, Picture]:
     with Lab(heartbeat=heartbeat) as lab:
         t0 = time.monotonic()
         system.start(lab, setup_timeout)
         steps: dict = {"setup_s": time.monotonic() - t0}
         new_mac = lab.mac("fw2", "ext0")
+        nodes = {lab.mac("fw1", "ext0"): "fw1", new_mac: "fw2"}
         probe = lab.start_probe(WARMUP_S + timeout + SETTLE_S + 5, block=block, count=probe_targets,
                                 realtime=realtime)
         time.sleep(WARMUP_S)
@@ -282,10 +295,52 @@ def one_run(system: Dpagent | Keepalived, block: str, heartbeat: str, case: str,
             if isinstance(system, Dpagent):
                 steps.update(system.takeover(lab, fail_at))
         ended_at = time.time()
+        status = lab.status(2) if isinstance(system, Dpagent) and recovered else None
         result = probe.finish(stop=True)
         run = analyse(result, fail_at, new_mac, not recovered, ended_at)
         run.steps = steps
-        return run
+        return run, Picture(result, fail_at, nodes, ended_at, new_mac, status["transitions"][-1] if status else None)
+
+
+def draw_run(path: Path, picture: Picture, title: str, case: str) -> Path:
+    """One run's timeline: every probed address's replies by node, the failure, the new master's
+    detection and steps (dpagent's status) and the first reply."""
+    from agent import labplot
+
+    outages = address_outages(picture.result, picture.fail_at, picture.new_mac, picture.ended_at)
+    detect, steps = labplot.takeover(picture.transition) if picture.transition else (None, [])
+    return labplot.timeline(path, picture.result, picture.fail_at, picture.nodes, outages=outages, detect=detect,
+                            steps=steps, failure="node death" if case == "kill" else "graceful hand-over",
+                            title=title)
+
+
+def draw_median_run(key: str, runs: list[tuple[Run, Picture]], case: str) -> Path | None:
+    """The timeline of the case's median run by its worst address, to bench/results/failover-<key>.png."""
+    measured = sorted((r for r in runs if not r[0].error), key=lambda r: r[0].outage_ms.get("worst", 0))
+    if not measured:
+        return None
+    run, picture = measured[(len(measured) - 1) // 2]
+    title = f"{key}: median of {len(measured)} run(s), worst address {run.outage_ms['worst']:.1f} ms"
+    return draw_run(RESULTS / f"failover-{key.replace('/', '-')}.png", picture, title, case)
+
+
+def draw_summary(path: Path, figures: Figures) -> Path:
+    """Worst (and median) address outage by system and block size, from the figures just reported."""
+    from agent import labplot
+
+    rows: dict[tuple, dict] = {}
+    for row in figures.rows:
+        labels = row["labels"]
+        if row["name"] != "failover_outage_ms" or labels["stat"] not in ("worst", "median"):
+            continue
+        system = f"{labels['system']} {labels['l2']}" if labels["system"] == "dpagent" else labels["system"]
+        key = (system, labels["block"], labels["heartbeat"], labels["case"])
+        rows.setdefault(key, {})[labels["stat"]] = row
+    outcomes = [labplot.Outcome(*key, worst_ms=found["worst"]["value"],
+                                median_ms=found["median"]["value"] if "median" in found else None,
+                                lower_bound=found["worst"].get("lower_bound", False))
+                for key, found in rows.items() if "worst" in found]
+    return labplot.summary(path, outcomes)
 
 
 # --- the benchmark -------------------------------------------------------------------------
@@ -338,6 +393,8 @@ def main() -> int:
     parser.add_argument("--setup-timeout", type=float, default=90.0,
                         help="bound on a master configuring the block at start-up, s")
     parser.add_argument("--output", type=Path, default=RESULTS / "failover.json")
+    parser.add_argument("--no-plots", dest="plots", action="store_false",
+                        help="draw no PNG (a timeline per case, the median run, and a summary chart)")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.keepalived_big_repeats, args.blocks = 1, 1, [256]
@@ -372,11 +429,13 @@ def main() -> int:
                         raw[key] = setup_failed
                         continue
                     raw[key] = []
+                    pictures: list[tuple[Run, Picture]] = []
                     for _ in range(repeats):
                         started = time.monotonic()
                         try:
-                            run = one_run(system, block, heartbeat, case, args.timeout, args.setup_timeout,
-                                          args.probe_targets, args.realtime)
+                            run, picture = one_run(system, block, heartbeat, case, args.timeout,
+                                                   args.setup_timeout, args.probe_targets, args.realtime)
+                            pictures.append((run, picture))
                         except SetupTimeout as exc:
                             run = Run(error=f"set-up: {exc}")
                         run.steps["wall_s"] = time.monotonic() - started
@@ -386,6 +445,8 @@ def main() -> int:
                             # The master could not even configure the block: the backup has the same work to
                             # do at failover, so further attempts would only repeat the set-up.
                             break
+                    if args.plots and (drawn := draw_median_run(key, pictures, case)):
+                        print(f"# {key}: timeline {drawn}", flush=True)
                     if size > 256 and name != "dpagent" and raw[key] and all(r["error"] for r in raw[key]):
                         notes.append(f"{name} at {size} addresses: {raw[key][0]['error']} (set-up measured once, "
                                      f"{heartbeat} topology, {case}; it is the same for every case and topology)")
@@ -416,6 +477,8 @@ def main() -> int:
         "quick": args.quick,
     }
     write_result(args.output, "failover", settings, figures, raw, notes=notes)
+    if args.plots:
+        print(f"# summary chart {draw_summary(args.output.with_name('failover-summary.png'), figures)}")
     return 0
 
 

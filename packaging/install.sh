@@ -22,8 +22,7 @@ confdir=/etc/dpagent
 install -d -m 0755 "$destdir$unitdir" "$destdir$sysusersdir"
 sed "s#/usr/bin/dpagent #$bindir/dpagent #g" "$here/dpagent.service" > "$destdir$unitdir/dpagent.service"
 chmod 0644 "$destdir$unitdir/dpagent.service"
-printf 'u dpagent - "dpagent high-availability agent" - -\n' > "$destdir$sysusersdir/dpagent.conf"
-chmod 0644 "$destdir$sysusersdir/dpagent.conf"
+install -m 0644 "$here/dpagent.sysusers" "$destdir$sysusersdir/dpagent.conf"
 
 install -d -m 0750 "$destdir$confdir"
 config="$destdir$confdir/dpagent.toml"

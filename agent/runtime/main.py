@@ -16,6 +16,7 @@ import sys
 
 import uvloop
 
+from agent import manual
 from agent.config import DEFAULT_PATH, Config, ConfigInvalid, NodeConfig, format_errors, load_config
 from agent.runtime.control import ControlError
 from agent.runtime.lock import LockHeld, acquire
@@ -65,13 +66,19 @@ def cleanup(path: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """dpagent's command line, with agent.manual's text: what `--help` and the man page show."""
     parser = argparse.ArgumentParser(prog="dpagent", description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", default=str(DEFAULT_PATH), help="configuration file")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every transition step")
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "check", "cleanup"])
-    parser.add_argument("path", nargs="?", help="configuration file for `check`")
-    args = parser.parse_args(argv)
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "check", "cleanup"],
+                        help="what to do (default run)")
+    parser.add_argument("path", nargs="?", help="configuration file for check (default: --config's)")
+    return manual.apply(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     path = args.path or args.config
     if args.command == "check":
         return check(path)

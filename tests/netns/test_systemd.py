@@ -253,9 +253,10 @@ def unit_capabilities() -> list[str]:
     return [cap.removeprefix("CAP_").lower() for cap in lines[0].split("=", 1)[1].split()]
 
 
-def test_the_units_capabilities_suffice_for_a_non_root_agent(lab):
+@pytest.mark.parametrize("l2", [{}, {"l2": "cluster-mac", "backend": "xdp"}], ids=["garp", "xdp"])
+def test_the_units_capabilities_suffice_for_a_non_root_agent(lab, l2):
     """As the unit runs it: another user, only the unit's capabilities, no new privileges."""
-    config = lab.write_config(1)
+    config = lab.write_config(1, **l2)
     for path in (lab.dir, lab.dir / "fw1.key"):
         os.chown(path, NOBODY, NOBODY)
     caps = ",".join(f"+{cap}" for cap in unit_capabilities())
@@ -270,10 +271,15 @@ def test_the_units_capabilities_suffice_for_a_non_root_agent(lab):
     status = lab.wait_state(1, "MASTER")
     assert os.stat(lab.socket_path(1)).st_uid == NOBODY
     wait_for(lambda: local_routes(lab, 1) == {BLOCK_V4}, what="block taken by the non-root agent")
-    # Announcing uses the AF_PACKET socket: CAP_NET_RAW.
-    status = wait_for(lambda: (s := lab.status(1)) and s["announce"]["frames_sent"] > 0 and s,
-                        what="announcement sent")
-    assert status["announce"]["send_errors"] == 0 and status["announce"]["last_error"] is None
+    if l2:
+        # Loading the XDP program and its maps: CAP_BPF; attaching it: CAP_NET_ADMIN.
+        status = wait_for(lambda: (s := lab.status(1)) and s["xdp"]["blocks"].get("ext", {}).get("attach_mode") and s,
+                          what=f"XDP filter attached by the non-root agent (log: {(lab.dir / 'fw1.log').read_text()})")
+    else:
+        # Announcing uses the AF_PACKET socket: CAP_NET_RAW.
+        status = wait_for(lambda: (s := lab.status(1)) and s["announce"]["frames_sent"] > 0 and s,
+                          what="announcement sent")
+        assert status["announce"]["send_errors"] == 0 and status["announce"]["last_error"] is None
     assert all(link["up"] and link["send_errors"] == 0 for link in status["links"])
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
@@ -309,9 +315,11 @@ def unit_syscalls() -> set[str]:
 
 @pytest.mark.skipif(not (shutil.which("strace") and shutil.which("systemd-analyze")),
                     reason="needs strace and systemd-analyze")
-def test_a_real_run_stays_inside_the_units_system_call_filter_and_wx_policy(lab):
-    """Start, take, announce, add and remove a block, hear a peer, stop: all under strace."""
-    config = lab.write_config(1)
+@pytest.mark.parametrize("l2", [{}, {"l2": "cluster-mac", "backend": "xdp"}], ids=["garp", "xdp"])
+def test_a_real_run_stays_inside_the_units_system_call_filter_and_wx_policy(lab, l2):
+    """Start, take, announce (or load the XDP filter), add and remove a block, hear a peer, stop:
+    all under strace."""
+    config = lab.write_config(1, **l2)
     trace = lab.dir / "strace.txt"
     out = open(lab.dir / "fw1.log", "ab")
     tracer = lab.spawn("fw1", ["strace", "-f", "-qq", "-o", str(trace),
@@ -327,7 +335,7 @@ def test_a_real_run_stays_inside_the_units_system_call_filter_and_wx_policy(lab)
     config.write_text(original)
     os.kill(agent, signal.SIGHUP)
     wait_for(lambda: local_routes(lab, 1) == {BLOCK_V4}, what="extra released")
-    lab.start_agent(2)
+    lab.start_agent(2, lab.write_config(2, **l2))
     lab.wait_master_seen(2, 1)
     os.kill(agent, signal.SIGTERM)
     assert tracer.wait(timeout=30) == 0
@@ -336,6 +344,7 @@ def test_a_real_run_stays_inside_the_units_system_call_filter_and_wx_policy(lab)
              if (match := re.match(r"\d+\s+([a-z0-9_]+)\((.*)", line))]
     used = {name for name, _args in calls}
     assert {"socket", "sendto", "recvfrom"} <= used  # the trace saw the work happen
+    assert ("bpf" in used) == bool(l2)
     assert used - unit_syscalls() == set()
     # MemoryDenyWriteExecute=yes refuses writable+executable mappings and making pages executable later.
     refused = [(name, args) for name, args in calls

@@ -45,3 +45,13 @@ def test_unknown_or_missing_blocks_are_refused_by_name() -> None:
     empty["node"]["shared"] = {}
     with pytest.raises(ValueError, match="no active/active block is configured"):
         cli.flow_owner(empty, "192.0.2.9", [], None)
+
+
+def test_watch_without_an_agent_exits_3_at_once(tmp_path, capsys) -> None:
+    assert cli.main(["-s", str(tmp_path / "none.sock"), "status", "--watch", "--interval", "0.01"]) == 3
+    assert "cannot reach dpagent" in capsys.readouterr().err
+
+
+def test_watch_intervals_out_of_range_are_refused() -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["status", "--watch", "--interval", "0"])
