@@ -20,7 +20,7 @@ from agent.config.keys import Keys, read_keys
 from agent.config.messages import ConfigError, ConfigInvalid, reason
 from agent.config.model import Block, Config, ConntrackConfig, HeartbeatLink, NodeConfig
 from agent.config.parse import Table, parse_address
-from agent.config.schema import CONNTRACK_PROTOCOLS, SUN_PATH_MAX, TABLES_BY_PATH
+from agent.config.schema import CONNTRACK_PROTOCOLS, MAX_CONNTRACK_IGNORE, SUN_PATH_MAX, TABLES_BY_PATH
 from agent.core.packing import IPAddress
 
 T = TypeVar("T")
@@ -96,6 +96,9 @@ def _conntrack(top: Table, blocks: tuple[Block, ...] | None) -> ConntrackConfig 
             t.errors.append(ConfigError(key, text, f"must be one of {', '.join(CONNTRACK_PROTOCOLS)}"))
         else:
             protocols.add(PROTOCOL_NUMBERS[text])
+    if len(ignore) > MAX_CONNTRACK_IGNORE:
+        t.error("ignore", [str(p) for p in ignore], f"must list at most {MAX_CONNTRACK_IGNORE} prefixes (the rest "
+                "of the native filter's 64 holds the links' own addresses)")
     if "protocols" in t.table and not protocols and len(t.errors) == before:
         t.error("protocols", [], "must name at least one protocol")
     if len(t.errors) != before or None in values.values():

@@ -171,6 +171,8 @@ SYNC_DATAGRAM = (256, 65000)
 # The event socket's buffer: a burst the loop cannot read at once waits there; past it the
 # kernel drops events (ENOBUFS) and only a full resync repairs the peers' copies.
 EVENT_BUFFER = (1 << 20, 1 << 30)
+# The native event filter holds 64 prefixes (DP_CT_MAX_IGNORE); the links' own addresses take the rest.
+MAX_CONNTRACK_IGNORE = 48
 CONNTRACK_PROTOCOLS = ("tcp", "udp", "icmp", "icmpv6", "sctp", "dccp", "udplite")
 
 _CONNTRACK = (

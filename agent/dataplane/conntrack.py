@@ -24,6 +24,7 @@ from ipaddress import ip_network
 from agent._native._ct import ffi, lib
 
 RECORD_SIZE = lib.DP_CT_RECORD_SIZE
+MAX_IGNORE = lib.DP_CT_MAX_IGNORE
 # Linux values that Python's socket module does not name.
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270

@@ -32,7 +32,7 @@ from agent.core.wire import KeyRing, epoch_limit
 from agent.core.syncwire import FLAG_RESYNC_BEGIN, FLAG_RESYNC_END
 from agent.dataplane import conntrack as ct
 from agent.runtime.heartbeat import ANCILLARY_SIZE, GTSM_TTL, hop_limit, open_socket, sockaddr
-from agent.runtime.ifaddr import bind_address
+from agent.runtime.ifaddr import bind_address, interface_addresses
 
 log = logging.getLogger("dpagent")
 
@@ -45,10 +45,23 @@ EVENT_BATCH = 16
 DUMP_CHUNK = 4096
 
 
+def own_addresses(interfaces: tuple[str, ...]) -> tuple[str, ...]:
+    """The addresses this node has on these interfaces now (those that exist)."""
+    found = []
+    for name in dict.fromkeys(interfaces):
+        try:
+            index = socket.if_nametoindex(name)
+            for family in (socket.AF_INET, socket.AF_INET6):
+                found += [str(address).partition("%")[0] for address, _ in interface_addresses(index, family)]
+        except OSError:
+            continue
+    return tuple(dict.fromkeys(found))
+
+
 class ConntrackSync:
     def __init__(self, loop: asyncio.AbstractEventLoop, config: ConntrackConfig, keyring: KeyRing, node_id: int,
                  epoch: int, executor: Executor, holding: Callable[[], bool],
-                 extra_ignore: tuple[str, ...] = ()) -> None:
+                 extra_ignore: tuple[str, ...] = (), link_interfaces: tuple[str, ...] = ()) -> None:
         self.config = config
         self.hot = config.mode == "hot"
         self._loop = loop
@@ -58,8 +71,9 @@ class ConntrackSync:
         self._started = loop.time()
         self.cache = None if self.hot else ct.Cache()
         self.writer = ct.Writer(liberal=not config.window_tracking)
-        self._filter = ct.Filter(config.protocols, tuple(str(p) for p in config.ignore) + extra_ignore,
-                                 ct.portid(self.writer.sock))
+        self._ignore = tuple(str(p) for p in config.ignore) + extra_ignore
+        self._link_interfaces = (config.interface, *link_interfaces)
+        self._filter = ct.Filter(config.protocols, self._ignore, ct.portid(self.writer.sock))
         self._link = HeartbeatLink(config.interface, None, config.peers, config.port)
         sync_config = SyncConfig(datagram_size=config.max_datagram)
         self.channels = {str(peer): SyncChannel(node_id, epoch, keyring, sync_config) for peer in config.peers}
@@ -86,6 +100,12 @@ class ConntrackSync:
     # --- life cycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        # Address Ignore, as conntrackd's users fill it in by hand: the nodes' own link addresses.
+        ignore = tuple(dict.fromkeys(self._ignore + own_addresses(self._link_interfaces)))
+        if len(ignore) > ct.MAX_IGNORE:
+            log.error("conntrack: %d addresses to ignore, the filter takes %d; syncing the flows of %s",
+                      len(ignore), ct.MAX_IGNORE, ", ".join(ignore[ct.MAX_IGNORE:]))
+        self._filter.ignore = ignore[:ct.MAX_IGNORE]
         self._reader = ct.EventReader(self._filter, self.config.event_buffer)
         self._loop.add_reader(self._reader.fileno(), self._on_events)
         self._open()

@@ -64,7 +64,8 @@ class Daemon:
         if config.conntrack is not None:
             self.sync = ConntrackSync(self.loop, config.conntrack, KeyRing(config.keys), config.node.id, epoch,
                                       self.workers["conntrack"], holding=lambda: bool(self.runner.held),
-                                      extra_ignore=tuple(str(a) for link in config.heartbeat for a in link.peers))
+                                      extra_ignore=tuple(str(a) for link in config.heartbeat for a in link.peers),
+                                      link_interfaces=tuple(link.interface for link in config.heartbeat))
             first = (ConntrackStep(self.workers["conntrack"], self.sync.writer, self.sync.cache),)
         # The gate's lease is one dead interval: a hung agent's node stops serving by the
         # time the peer, at the earliest, takes over.

@@ -120,4 +120,43 @@ def families(status: dict) -> list[Metric]:
                [({}, status["loop"]["max_lag_s"])])
     out.metric("dpagent_loop_stalls_total", "counter", "Timer firings late by more than one advert interval.",
                [({}, status["loop"]["stalls"])])
+    if "conntrack" in status:
+        _conntrack(out, status["conntrack"])
     return out.families
+
+
+def _conntrack(out: _Families, ct: dict) -> None:
+    """The sync's figures; dpagent_conntrack_peer_in_sync is the one to alarm on."""
+    counters = ct.get("counters", {})
+    peers = ct.get("peers", {})
+    out.metric("dpagent_conntrack_cache_entries", "gauge", "Entries in the cache of the peers' tables.",
+               [({}, ct["cache_entries"] or 0)])
+    out.metric("dpagent_conntrack_cache_bytes", "gauge", "Bytes the cache takes.", [({}, ct["cache_bytes"] or 0)])
+    out.metric("dpagent_conntrack_kernel_entries", "gauge", "Entries in this node's conntrack table.",
+               [({}, ct["kernel"].get("count") or 0)])
+    out.metric("dpagent_conntrack_events_total", "counter", "Conntrack events read from the kernel.",
+               [({}, counters.get("events", 0))])
+    out.metric("dpagent_conntrack_overruns_total", "counter",
+               "Event socket overruns (ENOBUFS: events lost, answered by a full resync).",
+               [({}, counters.get("overruns", 0))])
+    out.metric("dpagent_conntrack_records_received_total", "counter", "Records received from the peers.",
+               [({}, counters.get("records_received", 0))])
+    out.metric("dpagent_conntrack_resyncs_total", "counter", "Full tables sent to and received from peers.",
+               [({"direction": "sent"}, counters.get("resyncs_sent", 0)),
+                ({"direction": "received"}, counters.get("resyncs_received", 0))])
+    out.metric("dpagent_conntrack_frames_dropped_total", "counter", "Sync frames dropped, by reason.",
+               [({"reason": r}, n) for r, n in sorted(ct.get("drops", {}).items())])
+    out.metric("dpagent_conntrack_peer_in_sync", "gauge",
+               "1 while a peer's copy and ours are complete and current (nothing late, no gap, no resync due).",
+               [({"peer": p}, int(v.get("in_sync", False))) for p, v in sorted(peers.items())])
+    out.metric("dpagent_conntrack_peer_lag_seconds", "gauge", "Age of the oldest frame the peer has not acked.",
+               [({"peer": p}, v.get("lag_s", 0)) for p, v in sorted(peers.items())])
+    out.metric("dpagent_conntrack_peer_resent_frames_total", "counter", "Sync frames sent to a peer again.",
+               [({"peer": p}, v.get("frames_resent", 0)) for p, v in sorted(peers.items())])
+    replay = ct.get("last_replay") or {}
+    out.metric("dpagent_conntrack_replays_total", "counter", "Cache replays into the kernel.",
+               [({}, ct.get("replays", 0))])
+    out.metric("dpagent_conntrack_last_replay_seconds", "gauge", "Duration of the last replay.",
+               [({}, replay.get("seconds", 0))])
+    out.metric("dpagent_conntrack_last_replay_entries", "gauge", "Entries the last replay wrote.",
+               [({}, replay.get("applied", 0))])

@@ -15,6 +15,7 @@ import pytest
 
 from agent.cli import request
 from agent.lab import SERVER_INT, Lab
+from scrape import samples
 
 PORT = 9100
 STREAMS = 50
@@ -113,6 +114,10 @@ def test_graceful_handover_keeps_the_flows(lab: Lab) -> None:
     start_pair(lab, "cache")
     client = run_streams(lab, seconds=6.0)
     wait_cached(lab, STREAMS + 1)
+    # What an operator alarms on says the backup's copy is complete.
+    metrics = samples(request(lab.socket_path(2), "metrics")["text"])
+    assert metrics[("dpagent_conntrack_peer_in_sync", (("peer", "192.0.2.5"),))] == 1
+    assert metrics[("dpagent_conntrack_cache_entries", ())] >= STREAMS + 1
     time.sleep(1.0)
     assert request(lab.socket_path(1), "failover", {})["ok"]
     lab.wait_state(2, "MASTER", timeout=20)
