@@ -53,6 +53,12 @@ SERVER_INT = "198.51.100.10"
 # The inside gateway block's address, and the block address the client routes the server through.
 INT_GW = "198.51.100.254"
 CLIENT_GATEWAY = "198.18.0.1"
+# The same for IPv6: the server, the inside network, its gateway block, and a block address
+# of BLOCK_V6 the client routes the server through.
+SERVER_INT6 = "2001:db8:5::10"
+INT_NET6 = "2001:db8:5::/64"
+INT_GW6 = "2001:db8:5::fe"
+CLIENT_GATEWAY6 = "2001:db8:1::1"
 KEY_HEX = "7d1b9f0e3c5a48f2a6b0c1d2e3f40516"
 ROLES = ("seg", "client", "server")
 HEARTBEATS = ("direct", "switched")
@@ -361,11 +367,15 @@ mode = "{"active-active" if shared else "active-passive"}"
     def route_through_cluster(self) -> None:
         """Client-to-server flows forwarded by the holder: the client reaches the server
         through a block address, the server answers through the inside gateway block
-        (INT_GW), and each node's stateful ruleset SNATs what it forwards to INT_GW, as a
-        firewall pair does. Only entries synced from the master let a new holder carry
-        those flows on: new TCP without SYN is dropped and tcp_loose is off."""
-        self._batch("client", [f"route add {SERVER_INT}/32 via {CLIENT_GATEWAY} dev ext0"])
-        self._batch("server", ["route del default", f"route add default via {INT_GW}"])
+        (INT_GW, INT_GW6), and each node's stateful ruleset SNATs what it forwards to that
+        gateway, as a firewall pair does. Only entries synced from the master let a new
+        holder carry those flows on: new TCP without SYN is dropped and tcp_loose is off.
+        IPv6 needs the block BLOCK_V6 (or a prefix of it holding CLIENT_GATEWAY6)."""
+        self._batch("client", [f"route add {SERVER_INT}/32 via {CLIENT_GATEWAY} dev ext0",
+                               f"route add {SERVER_INT6}/128 via {CLIENT_GATEWAY6} dev ext0"])
+        self._batch("server", ["route del default", f"route add default via {INT_GW}",
+                               f"addr add {SERVER_INT6}/64 dev int0 nodad",
+                               f"route add default via {INT_GW6} dev int0"])
         ruleset = f"""
 table inet labfw {{
     chain forward {{
@@ -373,7 +383,7 @@ table inet labfw {{
         ct state invalid drop
         ct state established,related accept
         iifname "ext0" oifname "int0" ct state new tcp flags & (fin | syn | rst | ack) == syn accept
-        iifname "ext0" oifname "int0" ct state new meta l4proto {{ udp, icmp }} accept
+        iifname "ext0" oifname "int0" ct state new meta l4proto {{ udp, icmp, ipv6-icmp }} accept
     }}
 }}
 table ip labnat {{
@@ -382,15 +392,24 @@ table ip labnat {{
         oifname "int0" snat to {INT_GW}
     }}
 }}
+table ip6 labnat6 {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat;
+        oifname "int0" snat to {INT_GW6}
+    }}
+}}
 """
         for node in self.addresses:
-            self.exec(f"fw{node}", ["nft", "-f", "-"], input=ruleset)
-            self._sysctl(f"fw{node}", "net.netfilter.nf_conntrack_tcp_loose=0")
+            role = f"fw{node}"
+            self._batch(role, [f"addr add {INT_NET6.replace('::/64', f'::{node}/64')} dev int0 nodad"])
+            self._sysctl(role, "net.netfilter.nf_conntrack_tcp_loose=0", "net.ipv6.conf.all.forwarding=1")
+            self.exec(role, ["nft", "-f", "-"], input=ruleset)
 
     @staticmethod
     def inside_block() -> str:
-        """The inside gateway as a block of its own (the classic internal VIP)."""
-        return f'[[block]]\nname = "int"\ninterface = "int0"\naddresses = ["{INT_GW}"]\n'
+        """The inside gateways as blocks of their own (the classic internal VIP), IPv4 and IPv6."""
+        return (f'[[block]]\nname = "int"\ninterface = "int0"\naddresses = ["{INT_GW}"]\n'
+                f'[[block]]\nname = "int6"\ninterface = "int0"\naddresses = ["{INT_GW6}"]\n')
 
     @staticmethod
     def _l2(mode: str, nth: int, backend: str) -> str:

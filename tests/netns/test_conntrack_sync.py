@@ -14,12 +14,14 @@ import time
 import pytest
 
 from agent.cli import request
-from agent.lab import SERVER_INT, Lab
+from agent.lab import SERVER_INT, SERVER_INT6, Lab
 from scrape import samples
 
 PORT = 9100
 STREAMS = 50
 BLOCK = "198.18.0.0/28"
+BLOCK6 = "2001:db8:1::/124"
+SERVERS = {4: SERVER_INT, 6: SERVER_INT6}
 
 
 def wait(predicate, timeout: float, what: str, detail=lambda: ""):
@@ -50,15 +52,16 @@ def conntrack_stats(lab: Lab, node: int) -> dict:
 def start_pair(lab: Lab, mode: str | None) -> None:
     lab.route_through_cluster()
     for node, state in ((1, "MASTER"), (2, "BACKUP")):
-        lab.start_agent(node, lab.write_config(node, block=BLOCK, conntrack=mode, extra=lab.inside_block()))
+        lab.start_agent(node, lab.write_config(node, block=BLOCK, block_v6=BLOCK6, conntrack=mode,
+                                                extra=lab.inside_block()))
         lab.wait_state(node, state, timeout=20)
     server = lab.spawn("server", [sys.executable, "-m", "agent.labstreams", "echo", str(PORT)],
                        stdout=subprocess.PIPE, text=True)
     assert server.stdout.readline().strip() == "ready"
 
 
-def run_streams(lab: Lab, seconds: float) -> subprocess.Popen:
-    client = lab.spawn("client", [sys.executable, "-m", "agent.labstreams", "streams", SERVER_INT, str(PORT),
+def run_streams(lab: Lab, seconds: float, version: int = 4) -> subprocess.Popen:
+    client = lab.spawn("client", [sys.executable, "-m", "agent.labstreams", "streams", SERVERS[version], str(PORT),
                                   str(STREAMS), str(seconds), "0.01"], stdout=subprocess.PIPE, text=True)
     assert client.stdout.readline().strip() == "ready"
     return client
@@ -69,10 +72,11 @@ def finish(client: subprocess.Popen) -> dict:
     return json.loads(out)
 
 
+@pytest.mark.parametrize("version", [4, 6])
 @pytest.mark.parametrize("mode", ["cache", "hot"])
-def test_established_flows_survive_the_masters_death(lab: Lab, mode: str) -> None:
+def test_established_flows_survive_the_masters_death(lab: Lab, mode: str, version: int) -> None:
     start_pair(lab, mode)
-    client = run_streams(lab, seconds=6.0)
+    client = run_streams(lab, seconds=6.0, version=version)
     # Every flow is known to the backup before the master dies.
     if mode == "cache":
         wait_cached(lab, STREAMS + 1)
