@@ -47,7 +47,8 @@ machine disturbs least; for conntrackd the daemon's), ct_insert_ms_per_entry{sys
 ct_cache_bytes_per_entry where agent.dataplane.conntrack has a Cache that says,
 and ct_replay_ratio{system=dpagent,vs,n} against c-ceiling (target >= 0.8) and
 conntrackd (target >= 4), and ct_replay_cpu_ratio{system=dpagent,vs,n}, their CPU
-seconds over ours. Prints `name{labels} value unit` lines; writes
+seconds over ours; ct_replay_ratio{system=c-ceiling,vs=conntrackd,n} says how far
+above conntrackd the kernel lets any writer go in the same run. Prints `name{labels} value unit` lines; writes
 bench/results/conntrack.json.
 """
 
@@ -170,22 +171,27 @@ def expect(netns: str, n: int, timeout: float = 5.0) -> None:
 
 @contextlib.contextmanager
 def kernel_table(hashsize: int, ct_max: int) -> Iterator[dict]:
-    """The global hash size and the host's nf_conntrack_max raised for the run, restored after."""
+    """The global hash size and the host's nf_conntrack_max raised for the run, restored after.
+
+    Both are host-wide: a value someone else changed meanwhile (another bench using this, say)
+    is theirs and left alone, and `restored` in the setting says which were put back."""
     old_hash, old_max = int(HASHSIZE_PATH.read_text()), int(MAX_PATH.read_text())
-    setting = {"hashsize": {"was": old_hash, "set": hashsize}, "nf_conntrack_max_host": {"was": old_max},
-               "nf_conntrack_max_netns": ct_max}
+    new_max = max(old_max, ct_max)
+    setting = {"hashsize": {"was": old_hash, "set": hashsize},
+               "nf_conntrack_max_host": {"was": old_max, "set": new_max}, "nf_conntrack_max_netns": ct_max}
     try:
         if old_hash != hashsize:
             HASHSIZE_PATH.write_text(f"{hashsize}\n")
-        if old_max < ct_max:
-            MAX_PATH.write_text(f"{ct_max}\n")
-        setting["nf_conntrack_max_host"]["set"] = max(old_max, ct_max)
+        if new_max != old_max:
+            MAX_PATH.write_text(f"{new_max}\n")
         yield setting
     finally:
-        with contextlib.suppress(OSError):
-            MAX_PATH.write_text(f"{old_max}\n")
-        with contextlib.suppress(OSError):
-            HASHSIZE_PATH.write_text(f"{old_hash}\n")
+        for key, path, old, new in (("nf_conntrack_max_host", MAX_PATH, old_max, new_max),
+                                    ("hashsize", HASHSIZE_PATH, old_hash, hashsize)):
+            with contextlib.suppress(OSError, ValueError):
+                if int(path.read_text()) == new:
+                    path.write_text(f"{old}\n")
+                setting[key]["restored"] = int(path.read_text()) == old
 
 
 def save_file(writer: Path, directory: Path, n: int, ct_max: int) -> Path:
@@ -589,7 +595,16 @@ def main(argv: list[str]) -> int:
                                                 "extrapolated_from": args.insert_sample}, n * ms / 1000, "s")
             else:
                 notes.append(f"conntrack-I: no figure: {runs['conntrack-I'][-1].get('error')}")
+    for key in ("hashsize", "nf_conntrack_max_host"):
+        if not table[key].get("restored"):
+            notes.append(f"{key} not restored to {table[key]['was']}: changed meanwhile by someone else, left alone")
+    print(f"# kernel table after the run: hashsize {HASHSIZE_PATH.read_text().strip()}, "
+          f"nf_conntrack_max {MAX_PATH.read_text().strip()}", flush=True)
     for n in args.sizes:
+        # How far above conntrackd the kernel itself lets anyone go in this run: the bound on dpagent's ratio.
+        ceiling, theirs = per_s.get(("c-ceiling", n)), per_s.get(("conntrackd", n))
+        if ceiling and theirs:
+            figures.add("ct_replay_ratio", {"system": "c-ceiling", "vs": "conntrackd", "n": n}, ceiling / theirs, "x")
         ours = per_s.get(("dpagent", n))
         for rival in ("c-ceiling", "conntrackd", "conntrack-R"):
             theirs = per_s.get((rival, n))
