@@ -100,7 +100,7 @@ def sync_case(writer: Path, n: int, ct_max: int) -> dict:
             time.sleep(0.02)
         elapsed = time.perf_counter() - started
         master = stats(lab, 1)
-        after = stats(lab, 2)
+        after = stats(lab, 2) or {"cache_bytes": None, "cache_entries": None}
         return {"n": n, "cached": cached, "seconds": elapsed, "writer": report,
                 "overruns": master.get("counters", {}).get("overruns", 0),
                 "resyncs_sent": master.get("counters", {}).get("resyncs_sent", 0),
@@ -170,10 +170,12 @@ def main(argv: list[str]) -> int:
                             statistics.median(n / r["seconds"] for r in good), "events/s")
             else:
                 print(f"# sync n={n}: no run without loss: {[(r['cached'], r['overruns']) for r in done]}")
-            figures.add("ct_cache_bytes_per_entry", {"n": n, "measure": "cache"},
-                        statistics.median(r["cache_bytes"] / r["cache_entries"] for r in done), "bytes")
-            figures.add("ct_cache_bytes_per_entry", {"n": n, "measure": "rss"},
-                        statistics.median(r["rss_growth"] / n for r in done), "bytes")
+            filled = [r for r in done if r["cached"] >= n and r["cache_entries"]]
+            if filled:
+                figures.add("ct_cache_bytes_per_entry", {"n": n, "measure": "cache"},
+                            statistics.median(r["cache_bytes"] / r["cache_entries"] for r in filled), "bytes")
+                figures.add("ct_cache_bytes_per_entry", {"n": n, "measure": "rss"},
+                            statistics.median(r["rss_growth"] / n for r in filled), "bytes")
         for mode in MODES:
             done = [outage_case(writer, mode, args.outage_size, ct_max) for _ in range(args.repeats)]
             runs["outage"] += done

@@ -1,4 +1,5 @@
 /* ctnetlink codec and the backup's cache (see ct.h). */
+#define _GNU_SOURCE
 #include "ct.h"
 
 #include <errno.h>
@@ -248,6 +249,51 @@ size_t dp_ct_parse(const uint8_t *buf, size_t len, size_t *used, struct dp_ct_re
     }
     *used = off;
     return n;
+}
+
+/* Datagrams read per recvmmsg, and the room for each (an event is a few hundred bytes). */
+#define EVENT_VLEN 128
+#define EVENT_SIZE 4096
+
+long dp_ct_read_events(int fd, struct dp_ct_record *out, size_t max, const struct dp_ct_filter *filter,
+                       struct dp_ct_parse_stats *stats, uint32_t *overruns, int budget)
+{
+    static __thread uint8_t (*bufs)[EVENT_SIZE];
+    struct mmsghdr msgs[EVENT_VLEN];
+    struct iovec iovs[EVENT_VLEN];
+    if (bufs == NULL && (bufs = malloc(EVENT_VLEN * EVENT_SIZE)) == NULL)
+        return -ENOMEM;
+    size_t n = 0;
+    for (int round = 0; round < budget && n + EVENT_VLEN <= max; round++) {
+        memset(msgs, 0, sizeof(msgs));
+        for (int i = 0; i < EVENT_VLEN; i++) {
+            iovs[i].iov_base = bufs[i];
+            iovs[i].iov_len = EVENT_SIZE;
+            msgs[i].msg_hdr.msg_iov = &iovs[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int got = recvmmsg(fd, msgs, EVENT_VLEN, MSG_DONTWAIT, NULL);
+        if (got < 0) {
+            if (errno == ENOBUFS) {
+                (*overruns)++;
+                continue;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                break;
+            return -errno;
+        }
+        for (int i = 0; i < got; i++) {
+            size_t used;
+            if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+                stats->malformed++;
+                continue;
+            }
+            n += dp_ct_parse(bufs[i], msgs[i].msg_len, &used, out + n, max - n, filter, stats);
+        }
+        if (got < EVENT_VLEN)
+            break;
+    }
+    return (long)n;
 }
 
 size_t dp_ct_errors(const uint8_t *buf, size_t len, uint32_t *seqs, int32_t *errnos, size_t max)

@@ -59,6 +59,13 @@ struct dp_ct_parse_stats {
 size_t dp_ct_parse(const uint8_t *buf, size_t len, size_t *used, struct dp_ct_record *out, size_t max,
                    const struct dp_ct_filter *filter, struct dp_ct_parse_stats *stats);
 
+/* Read what is queued on a non-blocking event socket, many events per recvmmsg (the
+ * kernel queues one event per datagram), and parse them into at most max records; at
+ * most `budget` recvmmsg calls. *overruns counts ENOBUFS (events lost). Returns the
+ * records written, or -errno on another error. */
+long dp_ct_read_events(int fd, struct dp_ct_record *out, size_t max, const struct dp_ct_filter *filter,
+                       struct dp_ct_parse_stats *stats, uint32_t *overruns, int budget);
+
 /* The NLMSG_ERROR messages in buf: their sequence numbers and errnos (0 for an ack).
  * Returns how many were written, at most max. */
 size_t dp_ct_errors(const uint8_t *buf, size_t len, uint32_t *seqs, int32_t *errnos, size_t max);

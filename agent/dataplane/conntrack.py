@@ -13,6 +13,7 @@ EEXIST.
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 import threading
@@ -28,6 +29,8 @@ MAX_IGNORE = lib.DP_CT_MAX_IGNORE
 # Linux values that Python's socket module does not name.
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+NETLINK_DROP_MEMBERSHIP = 2
 NETLINK_CAP_ACK = 10
 NETLINK_NO_ENOBUFS = 5
 SO_SNDBUFFORCE = 32
@@ -308,33 +311,42 @@ class EventReader:
     A full receive buffer loses events (ENOBUFS): `read` then reports an overrun,
     after which only a full dump makes the peers' copies right again."""
 
-    def __init__(self, filter: Filter, receive_buffer: int) -> None:
+    def __init__(self, filter: Filter, receive_buffer: int, capacity: int = 65536) -> None:
         self.sock = open_socket(EVENT_GROUPS, receive_buffer)
         self.sock.setblocking(False)
-        self.parser = Parser(filter)
-        self._buffer = bytearray(READ_BUFFER)
+        self._filter = filter.native()
+        self._out = ffi.new("struct dp_ct_record[]", capacity)
+        self._capacity = capacity
+        self._stats = ffi.new("struct dp_ct_parse_stats *")
+        self._overruns = ffi.new("uint32_t *")
         self.overruns = 0
+
+    def listen(self, on: bool) -> None:
+        """Join or leave the event groups. The kernel delivers an event to every listener
+        while it creates an entry, which makes a bulk replay 2.5 times slower (measured
+        here: 140,000 against 350,000 entries/s), so the replay leaves them meanwhile."""
+        option = NETLINK_ADD_MEMBERSHIP if on else NETLINK_DROP_MEMBERSHIP
+        for group in (1, 2, 3):
+            self.sock.setsockopt(SOL_NETLINK, option, group)
+
+    @property
+    def stats(self) -> ParseStats:
+        s = self._stats
+        return ParseStats(s.messages, s.records, s.ignored, s.malformed, s.errors, s.done)
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def read(self, budget: int = 64) -> tuple[bytes, bool]:
-        """(records, overrun) of at most `budget` reads of what is queued."""
-        chunks = []
-        overrun = False
-        for _ in range(budget):
-            try:
-                got = self.sock.recv_into(self._buffer)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                overrun = True
-                self.overruns += 1
-                continue
-            chunks.append(self.parser.parse(memoryview(self._buffer)[:got])[0])
-        return b"".join(chunks), overrun
+        """(records, overrun) of what is queued, at most `budget` system calls' worth."""
+        before = self._overruns[0]
+        n = lib.dp_ct_read_events(self.sock.fileno(), self._out, self._capacity, self._filter, self._stats,
+                                  self._overruns, budget)
+        if n < 0:
+            raise OSError(-n, os.strerror(-n))
+        overrun = self._overruns[0] != before
+        self.overruns = self._overruns[0]
+        return bytes(ffi.buffer(self._out, n * RECORD_SIZE)), overrun
 
     def close(self) -> None:
         self.sock.close()

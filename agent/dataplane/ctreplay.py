@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 
 from agent.config import Block
@@ -29,10 +29,13 @@ class ConntrackStep:
     facility = "conntrack"
     verbs = {"take": "replay", "release": None, "adjust": None}
 
-    def __init__(self, worker: Executor, writer: ct.Writer, cache: ct.Cache | None) -> None:
+    def __init__(self, worker: Executor, writer: ct.Writer, cache: ct.Cache | None,
+                 quiet: Callable[[bool], None]) -> None:
         self._worker = worker
         self._writer = writer
         self._cache = cache
+        # Events off while the replay runs (the sync's ConntrackSync.quiet).
+        self._quiet = quiet
         self._held: set[str] = set()
         self.last_replay: dict = {}
         self.replays = 0
@@ -53,6 +56,18 @@ class ConntrackStep:
         """Write the cache into the kernel, carrying flows first (also `agentctl conntrack commit`)."""
         result = StepResult(detail={"mode": "cache"})
         started = time.perf_counter()
+        self._quiet(True)
+        try:
+            self._write_classes(result)
+        finally:
+            self._quiet(False)
+        seconds = time.perf_counter() - started
+        result.detail["entries_per_s"] = round(result.applied / seconds) if seconds > 0 else 0
+        self.replays += 1
+        self.last_replay = {**result.as_dict(), "seconds": round(seconds, 6)}
+        return result
+
+    def _write_classes(self, result: StepResult) -> None:
         for name, klass in (("carrying", lib.DP_CT_CLASS_CARRYING), ("rest", lib.DP_CT_CLASS_REST)):
             phase = time.perf_counter()
             written = 0
@@ -64,11 +79,6 @@ class ConntrackStep:
                     result.fail(err, [], count)
             result.detail[f"{name}_entries"] = written
             result.detail[f"{name}_seconds"] = round(time.perf_counter() - phase, 6)
-        seconds = time.perf_counter() - started
-        result.detail["entries_per_s"] = round(result.applied / seconds) if seconds > 0 else 0
-        self.replays += 1
-        self.last_replay = {**result.as_dict(), "seconds": round(seconds, 6)}
-        return result
 
     async def release(self, block: Block) -> StepResult:
         self._held.discard(block.name)

@@ -40,7 +40,7 @@ SYNC_RECEIVE_BUFFER = 16 << 20
 RETRY_OPEN = 1.0
 # Datagrams and event reads per wake-up, so that the loop's timers (the adverts) run between.
 DATAGRAM_BATCH = 256
-EVENT_BATCH = 16
+EVENT_BATCH = 8
 # Dump chunks handed to a channel at once (records).
 DUMP_CHUNK = 4096
 
@@ -332,6 +332,17 @@ class ConntrackSync:
 
     # --- operators' verbs ------------------------------------------------------------------
 
+    def quiet(self, on: bool) -> None:
+        """Around a bulk replay, from the worker: stop listening to events, then listen again and
+        send every peer our table, since what changed meanwhile went unseen (the gate is still
+        closed then, so it is only the replay's own creations). conntrackd's primary-backup.sh
+        does the same: commit, then resync and bulk-send."""
+        if self._reader is None:
+            return
+        self._reader.listen(not on)
+        if not on:
+            self._loop.call_soon_threadsafe(self._schedule_dump, True)
+
     def run(self, func: Callable, *args) -> asyncio.Future:
         """In the sync's worker, after the writes queued before it."""
         return self._loop.run_in_executor(self._executor, func, *args)
@@ -372,7 +383,7 @@ class ConntrackSync:
             "kernel": size,
             "counters": dict(self.counters),
             "drops": dict(self.drops),
-            "parse": vars(reader.parser.stats) if reader is not None else {},
+            "parse": vars(reader.stats) if reader is not None else {},
             "peers": {peer: channel.stats(now) for peer, channel in self.channels.items()},
             "in_sync": all(channel.in_sync(now) for channel in self.channels.values()),
             "warnings": warnings,

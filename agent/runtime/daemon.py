@@ -66,7 +66,7 @@ class Daemon:
                                       self.workers["conntrack"], holding=lambda: bool(self.runner.held),
                                       extra_ignore=tuple(str(a) for link in config.heartbeat for a in link.peers),
                                       link_interfaces=tuple(link.interface for link in config.heartbeat))
-            first = (ConntrackStep(self.workers["conntrack"], self.sync.writer, self.sync.cache),)
+            first = (ConntrackStep(self.workers["conntrack"], self.sync.writer, self.sync.cache, self.sync.quiet),)
         # The gate's lease is one dead interval: a hung agent's node stops serving by the
         # time the peer, at the earliest, takes over.
         steps = build_steps(self.loop, self.workers, lease=config.node.dead_interval, first=first)
