@@ -8,6 +8,7 @@ A table that has errors builds as None; the errors say why.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable
 from ipaddress import ip_address
@@ -18,12 +19,14 @@ from agent.config.blocks import build_blocks
 from agent.config.files import read_text
 from agent.config.keys import Keys, read_keys
 from agent.config.messages import ConfigError, ConfigInvalid, reason
-from agent.config.model import Block, Config, HeartbeatLink, NodeConfig
+from agent.config.model import BgpConfig, Block, Config, HeartbeatLink, NodeConfig
 from agent.config.parse import Table, parse_address
-from agent.config.schema import SUN_PATH_MAX, TABLES_BY_PATH
+from agent.config.schema import BIRD_SYMBOL_MAX, MAX_BIRD_PROTOCOLS, SUN_PATH_MAX, TABLES_BY_PATH
 from agent.core.packing import IPAddress
 
 T = TypeVar("T")
+
+_BIRD_SYMBOL = re.compile(rf"[A-Za-z][A-Za-z0-9_]{{0,{BIRD_SYMBOL_MAX - 1}}}")
 
 
 def load_config(path: str | Path) -> Config:
@@ -53,11 +56,12 @@ def _build_config(path: Path, document: dict, errors: list[ConfigError]) -> Conf
     heartbeat = _heartbeats(top.value("heartbeat"), errors)  # type: ignore[arg-type]
     blocks = build_blocks(top.value("block"), base, errors)  # type: ignore[arg-type]
     listen = _metrics(top, heartbeat, blocks)
-    if None in (node, auth, control_socket, heartbeat, blocks) or listen is False:
+    bgp = _built(top, "bgp", base, _bgp)
+    if None in (node, auth, control_socket, heartbeat, blocks, bgp) or listen is False:
         return None
     key_file, keys = auth  # type: ignore[misc]
     return Config(path, node, heartbeat, key_file, control_socket, blocks, keys,  # type: ignore[arg-type]
-                  listen or None)
+                  listen or None, bgp)  # type: ignore[arg-type]
 
 
 def _metrics(top: Table, heartbeat: tuple[HeartbeatLink, ...] | None,
@@ -118,6 +122,30 @@ def _control(t: Table, base: Path) -> Path | None:
         t.error("socket", str(socket), f"must be at most {SUN_PATH_MAX} bytes long (a Unix socket path)")
         return None
     return socket
+
+
+def _bgp(t: Table, base: Path) -> BgpConfig | None:
+    before = len(t.errors)
+    socket = t.path("bird_socket", base)
+    if socket is not None and len(os.fsencode(socket)) > SUN_PATH_MAX:
+        t.error("bird_socket", str(socket), f"must be at most {SUN_PATH_MAX} bytes long (a Unix socket path)")
+    names: list[str] = []
+    pairs = t.strings("protocols") if "protocols" in t.table else [("", n) for n in t.keys["protocols"].default]
+    if not pairs and len(t.errors) == before:
+        t.error("protocols", [], "must name at least one BIRD kernel protocol")
+    for key, name in pairs:
+        if not _BIRD_SYMBOL.fullmatch(name):
+            t.errors.append(ConfigError(key, name, f"must be a BIRD protocol name: a letter, then up to "
+                                                   f"{BIRD_SYMBOL_MAX - 1} letters, digits or '_'"))
+        elif name in names:
+            t.errors.append(ConfigError(key, name, "is listed twice"))
+        else:
+            names.append(name)
+    if len(names) > MAX_BIRD_PROTOCOLS:
+        t.error("protocols", names, f"must name at most {MAX_BIRD_PROTOCOLS} protocols")
+    if len(t.errors) != before:
+        return None
+    return BgpConfig(socket, tuple(names))  # type: ignore[arg-type]
 
 
 def _heartbeats(tables: list[dict] | None, errors: list[ConfigError]) -> tuple[HeartbeatLink, ...] | None:

@@ -55,3 +55,25 @@ def test_a_cluster_mac_block_owns_its_buckets_in_its_backend_only():
     assert [s.facility for s in plan.release(everything, "cluster-mac", "xdp")] == ["addresses", "xdp", "gate"]
     # The other modes have no cluster filter, whatever the backend says.
     assert plan.takeover(everything, "garp", "xdp") == plan.takeover(everything, "garp", "nft")
+
+
+def test_bgp_routes_follow_the_addresses_and_go_first_on_release():
+    everything = {step.facility for step in plan.TAKEOVER}
+    assert [s.facility for s in plan.takeover(everything, via="bgp")] == ["gate", "addresses", "routes"]
+    assert [s.facility for s in plan.release(everything, via="bgp")] == ["routes", "addresses", "gate"]
+    # Not behind another block's GARP wave: the route goes out with the steps traffic waits for.
+    first, behind = plan.phases(plan.takeover(everything, via="both"))
+    assert [s.facility for s in first] == ["gate", "addresses", "routes"]
+    assert [s.facility for s in behind] == ["announce"]
+    # Re-announcing sends frames; the routes stay in the kernel and need nothing again.
+    assert [s.facility for s in plan.reannounce(everything, via="both")] == ["announce"]
+    assert plan.reannounce(everything, via="bgp") == ()
+
+
+def test_an_l2_block_has_no_routes_and_a_bgp_block_no_frames():
+    everything = {step.facility for step in plan.TAKEOVER}
+    assert "routes" not in [s.facility for s in plan.takeover(everything, via="l2")]
+    assert [s.facility for s in plan.takeover(everything, "cluster-mac", "xdp", "bgp")] == [
+        "gate", "xdp", "addresses", "routes"]
+    assert [s.facility for s in plan.takeover(everything, "vmac", via="bgp")] == [
+        "gate", "vmac", "addresses", "routes"]
