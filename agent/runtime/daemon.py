@@ -59,7 +59,7 @@ class Daemon:
         self.workers = {name: worker(name) for name in (*WORKERS, "config")}
         # The gate's lease is one dead interval: a hung agent's node stops serving by the
         # time the peer, at the earliest, takes over.
-        steps = build_steps(self.loop, self.workers, lease=config.node.dead_interval)
+        steps = build_steps(self.loop, self.workers, lease=config.node.dead_interval, bgp=config.bgp)
         self.runner = StepRunner(self.loop, steps, self.history)
         self.configuration = Configuration(config, self.loop, self.workers["config"], pump=self.pump,
                                            runner=self.runner, history=self.history, notifier=self.notifier)
