@@ -37,6 +37,9 @@ ROUTE_TABLE = 199
 # Seconds between two BIRD checks after the one at start-up: a BIRD started or
 # stopped later shows in status within this.
 CHECK_EVERY = 30.0
+# After a take or release, BIRD is asked again this soon, so that status shows
+# whether it learned the change (it does within milliseconds).
+CHECK_AFTER_CHANGE = 0.2
 
 
 def companion_routes(prefixes: Iterable[IPNetwork], addresses: Iterable[IPAddress]) -> list[IPNetwork]:
@@ -159,9 +162,12 @@ class RouteStep:
         elif before and not found["problem"]:
             log.warning("BIRD %s runs with %s: announcing upstream", found["version"], ", ".join(self._bgp.protocols))
         self._bird = found
+        self._schedule(CHECK_EVERY)
+
+    def _schedule(self, delay: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._loop.call_later(CHECK_EVERY, self._check_due)
+        self._timer = self._loop.call_later(delay, self._check_due)
 
     def _check_due(self) -> None:
         self._timer = None
@@ -171,11 +177,13 @@ class RouteStep:
     async def take(self, block: Block) -> StepResult:
         result = await self._run(self._plane.take, block)
         self._held[block.name] = result.applied + result.errors.get("EEXIST", 0)
+        self._schedule(CHECK_AFTER_CHANGE)
         return result
 
     async def release(self, block: Block) -> StepResult:
         result = await self._run(self._plane.release, block)
         self._held.pop(block.name, None)
+        self._schedule(CHECK_AFTER_CHANGE)
         return result
 
     async def adjust(self, old: Block, new: Block) -> StepResult:
