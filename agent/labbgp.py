@@ -50,6 +50,7 @@ def node_bird_config(router_id: str, log: Path) -> str:
     return f"""\
 router id {router_id};
 log "{log}" all;
+debug protocols {{ states }};
 protocol device {{}}
 protocol kernel dpagent4 {{
   ipv4 {{ import where krt_source = 199; export none; }};
@@ -81,6 +82,7 @@ def router_bird_config(nodes: dict[int, str], log: Path) -> str:
     return f"""\
 router id {ROUTER_EXT};
 log "{log}" all;
+debug protocols {{ states }};
 protocol device {{}}
 protocol kernel {{
   ipv4 {{ import none; export all; }};
@@ -171,13 +173,22 @@ class BgpLab(Lab):
 
     def next_hops(self, prefix: str = BLOCK_V4) -> set[str]:
         """The router's kernel next hops for `prefix` (ECMP: several)."""
-        out = self.exec("router", ["ip", "-j", "route", "show", "exact", prefix]).stdout
-        hops: set[str] = set()
+        return self.routes_via([prefix]).get(prefix, set())
+
+    def routes_via(self, prefixes: list[str]) -> dict[str, set[str]]:
+        """prefix -> the router's kernel next hops, for those of `prefixes` it has a route to."""
+        out = self.exec("router", ["ip", "-j", "route", "show", "table", "main"]).stdout
+        wanted = {str(ipaddress.ip_network(p)): p for p in prefixes}
+        found: dict[str, set[str]] = {}
         for route in json.loads(out or "[]"):
-            if route.get("gateway"):
-                hops.add(route["gateway"])
+            dst = route.get("dst", "")
+            name = wanted.get(dst if "/" in dst else f"{dst}/32")
+            if name is None:
+                continue
+            hops = {route["gateway"]} if route.get("gateway") else set()
             hops.update(h["gateway"] for h in route.get("nexthops", []) if h.get("gateway"))
-        return hops
+            found[name] = hops
+        return found
 
     def node_of(self, address: str) -> int | None:
         return next((n for n, a in self.addresses.items() if a.ext == address), None)
