@@ -146,7 +146,8 @@ class RouteStep:
             self._plane = await self._run(RoutePlane)
         self._routed = tuple(b.name for b in blocks if b.routed)
         if self._routed:
-            await self._check()
+            # Not awaited: a hung BIRD must not hold up the start or a takeover queued behind.
+            self._schedule(0)
         elif self._timer is not None:
             self._timer.cancel()
             self._timer, self._bird = None, None
@@ -162,7 +163,8 @@ class RouteStep:
         elif before and not found["problem"]:
             log.warning("BIRD %s runs with %s: announcing upstream", found["version"], ", ".join(self._bgp.protocols))
         self._bird = found
-        self._schedule(CHECK_EVERY)
+        if self._timer is None:  # else a take or release asked for another check meanwhile
+            self._schedule(CHECK_EVERY)
 
     def _schedule(self, delay: float) -> None:
         if self._timer is not None:
@@ -171,8 +173,12 @@ class RouteStep:
 
     def _check_due(self) -> None:
         self._timer = None
-        if self._routed and (self._checking is None or self._checking.done()):
-            self._checking = self._loop.create_task(self._check())
+        if not self._routed:
+            return
+        if self._checking is not None and not self._checking.done():
+            self._schedule(CHECK_AFTER_CHANGE)
+            return
+        self._checking = self._loop.create_task(self._check())
 
     async def take(self, block: Block) -> StepResult:
         result = await self._run(self._plane.take, block)
