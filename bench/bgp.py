@@ -177,8 +177,10 @@ def one_run(heartbeat: str, case: str, count: int, timeout: float) -> dict:
         finally:
             watch.close()
         status = lab.status(2) or {}
-        took = (status.get("transitions") or [{}])[-1]
-        detect = (took["at"] - fail_at) * 1000 if took.get("new") == "MASTER" else None
+        # fw2's takeover: its first transition to MASTER after the failure (later ones may follow).
+        took = next((t for t in status.get("transitions", []) if t["new"] == "MASTER" and t["old"] != "MASTER"
+                     and t["at"] >= fail_at - 0.01), {})
+        detect = (took["at"] - fail_at) * 1000 if took else None
         until = (moved or time.time()) + SETTLE_S
         outages = silences(result, fail_at, until)
         values = [s for s, _ in outages]
@@ -191,6 +193,8 @@ def one_run(heartbeat: str, case: str, count: int, timeout: float) -> dict:
             "back_after_takeover_ms": (last_back - took["at"]) * 1000 if last_back is not None else None,
             "steps_ms": {s["name"]: {"start": (s["started"] - fail_at) * 1000, "took": s["seconds"] * 1000}
                          for s in took.get("steps", [])},
+            "fw2_transitions": [{"ms": (t["at"] - fail_at) * 1000, "old": t["old"], "new": t["new"],
+                                 "reason": t["reason"]} for t in status.get("transitions", [])][-6:],
             "route_events": [((at - fail_at) * 1000, prefix, sorted(hops)) for at, prefix, hops in watch.events][:600],
             # The router's BIRD on its sessions (state changes, BFD), should a run need explaining.
             "router_log": (lab.dir / "router-bird.log").read_text().splitlines()[-40:],
