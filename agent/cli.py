@@ -38,6 +38,23 @@ def _age(seconds: float | None) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
 
+def _bird_lines(routes: dict) -> list[str]:
+    """BIRD as the last check found it, and the companion routes each block has announced."""
+    found = routes.get("bird")
+    if not found:
+        return []
+    state = f"BIRD {found['version']}" if found["running"] else "BIRD NOT RUNNING"
+    protocols = ", ".join(f"{name} {p['state']}" + (f" ({p['imported']} routes)" if p.get("imported") is not None
+                                                    else "") for name, p in found["protocols"].items())
+    lines = [f"bgp: {state} at {found['socket']}" + (f": {protocols}" if protocols else "")]
+    if found["problem"]:
+        lines.append(f"  WARNING: {found['problem']}")
+    announced = routes.get("announced", {})
+    if announced:
+        lines.append(f"  table {routes['table']}: " + ", ".join(f"{n} {c} route(s)" for n, c in announced.items()))
+    return lines
+
+
 def render_status(status: dict) -> str:
     node = status["node"]
     lines = [
@@ -78,7 +95,9 @@ def render_status(status: dict) -> str:
             f"  {'HELD' if block['held'] else 'not held'}"
             + (f"  l2 {l2['mode']}" + (f" {l2['mac']}" if l2.get("mac") else "") if l2 else "")
             + (f"  filter {backend}" if backend else "")
+            + (f"  via {block['via']}" if block.get("via", "l2") != "l2" else "")
         )
+    lines += _bird_lines(status.get("routes", {}))
     announce = status.get("announce", {})
     if announce:
         lines.append(

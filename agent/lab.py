@@ -261,13 +261,13 @@ class Lab:
         return self.netns.spawn(self.ns(role), argv, **popen)
 
     def start_probe(self, seconds: float, block: str = BLOCK_V4, count: int = PROBE_TARGETS,
-                    realtime: bool = False) -> Probe:
-        """Echo requests from the client to `count` addresses across `block` (the first and the
-        last usable one among them), each address every 1 ms on its own."""
+                    realtime: bool = False, role: str = "client", ifname: str = "ext0") -> Probe:
+        """Echo requests from the client (or `role`, on `ifname`) to `count` addresses across
+        `block` (the first and the last usable one among them), each address every 1 ms on its own."""
         out = self.dir / f"probe-{secrets.token_hex(3)}.json"
-        argv = [sys.executable, "-m", "agent.labprobe", "--block", block, "--count", str(count),
+        argv = [sys.executable, "-m", "agent.labprobe", "--block", block, "--count", str(count), "--ifname", ifname,
                 "--duration", str(seconds), "--out", str(out)] + (["--realtime"] if realtime else [])
-        proc = self.spawn("client", argv, stdout=subprocess.PIPE, text=True)
+        proc = self.spawn(role, argv, stdout=subprocess.PIPE, text=True)
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError("the probe did not start")
         return Probe(proc, out)
@@ -297,11 +297,12 @@ class Lab:
 
     def write_config(self, node: int, *, priority: int | None = None, preempt: bool = False,
                      preempt_delay: float = 0.0, advert_interval: float = 0.05,
-                     key_hex: str = KEY_HEX, block: str = BLOCK_V4, block_v6: bool | str = False,
+                     key_hex: str = KEY_HEX, block: str | list[str] = BLOCK_V4, block_v6: bool | str = False,
                      announce: str = "", heartbeat: str = "group", l2: str = "garp",
                      backend: str = "nft", shared: bool = False, metrics: str | None = None,
                      conntrack: str | None = None, extra: str = "") -> Path:
-        """An agent configuration for fw<node>; `announce` is extra TOML for the block;
+        """An agent configuration for fw<node>; `block` its IPv4 prefix (or prefixes);
+        `announce` is extra TOML for the block;
         `l2` its L2 mode (vmac: VRID 51; cluster-mac: one cluster MAC per block, its
         filter in `backend`, "nft" or "xdp"; `shared`: the IPv4 block active/active;
         `metrics`: the Prometheus listener's ADDRESS:PORT; `conntrack`: the sync's mode,
@@ -351,7 +352,7 @@ port = {HB_PORT}
 [[block]]
 name = "ext"
 interface = "ext0"
-prefixes = ["{block}"]
+prefixes = [{", ".join(f'"{p}"' for p in ([block] if isinstance(block, str) else block))}]
 mode = "{"active-active" if shared else "active-passive"}"
 {announce}
 {self._l2(l2, 1, backend)}

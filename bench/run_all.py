@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-BENCHMARKS = ("addresses.py", "garp.py", "nft_scale.py", "xdp.py", "active.py", "failover.py", "conntrack.py", "ctsync.py")
+BENCHMARKS = ("addresses.py", "garp.py", "nft_scale.py", "xdp.py", "active.py", "failover.py", "conntrack.py", "ctsync.py", "bgp.py")
 
 
 def main(argv: list[str]) -> int:

@@ -8,6 +8,7 @@ A table that has errors builds as None; the errors say why.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable
 from ipaddress import ip_address, ip_network
@@ -18,15 +19,18 @@ from agent.config.blocks import build_blocks
 from agent.config.files import read_text
 from agent.config.keys import Keys, read_keys
 from agent.config.messages import ConfigError, ConfigInvalid, reason
-from agent.config.model import Block, Config, ConntrackConfig, HeartbeatLink, NodeConfig
+from agent.config.model import BgpConfig, Block, Config, ConntrackConfig, HeartbeatLink, NodeConfig
 from agent.config.parse import Table, parse_address
-from agent.config.schema import CONNTRACK_PROTOCOLS, MAX_CONNTRACK_IGNORE, SUN_PATH_MAX, TABLES_BY_PATH
+from agent.config.schema import (
+    BIRD_SYMBOL_MAX, CONNTRACK_PROTOCOLS, MAX_BIRD_PROTOCOLS, MAX_CONNTRACK_IGNORE, SUN_PATH_MAX, TABLES_BY_PATH,
+)
 from agent.core.packing import IPAddress
 
 T = TypeVar("T")
 
 # The IP protocol numbers of the conntrack protocols the schema names.
 PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "dccp": 33, "udplite": 136}
+_BIRD_SYMBOL = re.compile(rf"[A-Za-z][A-Za-z0-9_]{{0,{BIRD_SYMBOL_MAX - 1}}}")
 
 
 def load_config(path: str | Path) -> Config:
@@ -57,11 +61,12 @@ def _build_config(path: Path, document: dict, errors: list[ConfigError]) -> Conf
     blocks = build_blocks(top.value("block"), base, errors)  # type: ignore[arg-type]
     listen = _metrics(top, heartbeat, blocks)
     conntrack = _conntrack(top, blocks)
-    if None in (node, auth, control_socket, heartbeat, blocks) or listen is False or conntrack is False:
+    bgp = _built(top, "bgp", base, _bgp)
+    if None in (node, auth, control_socket, heartbeat, blocks, bgp) or listen is False or conntrack is False:
         return None
     key_file, keys = auth  # type: ignore[misc]
     return Config(path, node, heartbeat, key_file, control_socket, blocks, keys,  # type: ignore[arg-type]
-                  listen or None, conntrack or None)
+                  metrics_listen=listen or None, conntrack=conntrack or None, bgp=bgp)  # type: ignore[arg-type]
 
 
 def _conntrack(top: Table, blocks: tuple[Block, ...] | None) -> ConntrackConfig | None | bool:
@@ -165,6 +170,30 @@ def _control(t: Table, base: Path) -> Path | None:
         t.error("socket", str(socket), f"must be at most {SUN_PATH_MAX} bytes long (a Unix socket path)")
         return None
     return socket
+
+
+def _bgp(t: Table, base: Path) -> BgpConfig | None:
+    before = len(t.errors)
+    socket = t.path("bird_socket", base)
+    if socket is not None and len(os.fsencode(socket)) > SUN_PATH_MAX:
+        t.error("bird_socket", str(socket), f"must be at most {SUN_PATH_MAX} bytes long (a Unix socket path)")
+    names: list[str] = []
+    pairs = t.strings("protocols") if "protocols" in t.table else [("", n) for n in t.keys["protocols"].default]
+    if not pairs and len(t.errors) == before:
+        t.error("protocols", [], "must name at least one BIRD kernel protocol")
+    for key, name in pairs:
+        if not _BIRD_SYMBOL.fullmatch(name):
+            t.errors.append(ConfigError(key, name, f"must be a BIRD protocol name: a letter, then up to "
+                                                   f"{BIRD_SYMBOL_MAX - 1} letters, digits or '_'"))
+        elif name in names:
+            t.errors.append(ConfigError(key, name, "is listed twice"))
+        else:
+            names.append(name)
+    if len(names) > MAX_BIRD_PROTOCOLS:
+        t.error("protocols", names, f"must name at most {MAX_BIRD_PROTOCOLS} protocols")
+    if len(t.errors) != before:
+        return None
+    return BgpConfig(socket, tuple(names))  # type: ignore[arg-type]
 
 
 def _heartbeats(tables: list[dict] | None, errors: list[ConfigError]) -> tuple[HeartbeatLink, ...] | None:

@@ -78,6 +78,15 @@ class AnnounceConfig:
     round_delay: float = default("block.announce", "round_delay")
     refresh: float = default("block.announce", "refresh")
     arp_mode: str = default("block.announce", "arp_mode")
+    via: str = default("block.announce", "via")
+
+
+@dataclass(frozen=True)
+class BgpConfig:
+    """Where BIRD is and which of its kernel protocols learn dpagent's routes."""
+
+    bird_socket: Path = Path(default("bgp", "bird_socket"))
+    protocols: tuple[str, ...] = default("bgp", "protocols")
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,11 @@ class Block:
         return self.mode == "active-active"
 
     @property
+    def routed(self) -> bool:
+        """Announced upstream over BGP: the holder keeps its companion routes in the kernel."""
+        return self.announce.via in ("bgp", "both")
+
+    @property
     def address_interface(self) -> str:
         """Where the block's IPv6 addresses go: a vmac block's on its macvlan, so that
         their neighbour advertisements carry the vmac."""
@@ -150,3 +164,4 @@ class Config:
     # (address, port) of the Prometheus HTTP listener, or None: off.
     metrics_listen: tuple[str, int] | None = None
     conntrack: ConntrackConfig | None = None
+    bgp: BgpConfig = BgpConfig()

@@ -93,6 +93,11 @@ _TOP = (
         "kernel's table to its peers, and a takeover puts the peer's entries into the "
         "kernel before the block opens, so established connections and NAT mappings "
         "survive a failover. Off unless the table is given."),
+    Key("bgp", TABLE, None, None,
+        "BIRD 2, for blocks announced over BGP ([block.announce] via). The agent never speaks BGP "
+        "and never writes BIRD's configuration: it puts a companion route per prefix in kernel "
+        "table 199 (protocol 199), which BIRD's kernel protocols learn and its BGP sessions export "
+        "(packaging/bird-dpagent.conf), and checks at start-up that BIRD runs with those protocols."),
     Key("heartbeat", TABLES, None, None,
         "One [[heartbeat]] table per link the adverts are sent on; at least one, and at "
         "most one per interface. Two independent links make a split brain less likely."),
@@ -207,6 +212,20 @@ _CONNTRACK = (
     Key("max_datagram", INTEGER, SYNC_DATAGRAM, 1452, "Largest sync frame in bytes."),
 )
 
+# BIRD protocol names are symbols: a letter first, then letters, digits and '_'.
+BIRD_SYMBOL_MAX = 64
+MAX_BIRD_PROTOCOLS = 4
+
+_BGP = (
+    Key("bird_socket", PATH, None, "/run/bird/bird.ctl",
+        "BIRD's control socket (bird -s), where the start-up check asks `show protocols`; at most "
+        f"{SUN_PATH_MAX} bytes. The agent's user must be allowed to connect (Debian: group bird)."),
+    Key("protocols", STRINGS, None, ("dpagent4", "dpagent6"),
+        "Names of BIRD's kernel protocols that learn dpagent's routes (one per IP version, as in "
+        "packaging/bird-dpagent.conf). The check reports each as up, down or missing; a "
+        f"missing BIRD is a warning, not an error. 1 to {MAX_BIRD_PROTOCOLS} names."),
+)
+
 _HEARTBEAT = (
     Key("interface", INTERFACE, None, REQUIRED, "Interface the adverts leave and arrive on."),
     Key("group", STRING, None, None,
@@ -236,9 +255,9 @@ _BLOCK = (
         f"At most {MAX_FILE_BYTES >> 20} MiB a file, and at most {MAX_LOOSE_ADDRESSES:,} single "
         "addresses in all blocks together: give large ranges as prefixes."),
     Key("announce", TABLE, None, None,
-        "How a takeover is announced: gratuitous ARP for IPv4, unsolicited neighbour "
-        "advertisements for IPv6, for every address of the block (l2 mode garp), or a few "
-        "frames from the virtual MAC (vmac)."),
+        "How a takeover is announced: on the segment, gratuitous ARP for IPv4 and unsolicited "
+        "neighbour advertisements for IPv6, for every address of the block (l2 mode garp) or a "
+        "few frames from the virtual MAC (vmac); and/or upstream over BGP (via)."),
     Key("l2", TABLE, None, None,
         "How neighbours reach the block's holder, and so what a takeover costs on the wire."),
     Key("mode", STRING, ("active-passive", "active-active"), "active-passive",
@@ -295,7 +314,17 @@ _L2 = (
         "ARP and NDP stay in nftables."),
 )
 
+# How upstream routers learn a block's holder: on the segment (ARP/NDP, per [block.l2]),
+# through BIRD over BGP, or both.
+ANNOUNCE_VIA = ("l2", "bgp", "both")
+
 _ANNOUNCE = (
+    Key("via", STRING, ANNOUNCE_VIA, "l2",
+        '"l2": neighbours on the segment learn the holder as [block.l2] mode says (the keys below). '
+        '"bgp": the holder puts one companion route per prefix and per loose address '
+        "(`unreachable PREFIX table 199 proto 199`, a table no rule looks up) in the kernel while it "
+        "holds the block, and BIRD announces it upstream ([bgp]); an active/active block is announced "
+        'by every node that holds it, for ECMP upstream. "both": the two together.'),
     Key("pps", INTEGER, (0, 10_000_000), 0, "Frames per second at most; 0 means as fast as possible."),
     Key("rounds", INTEGER, (1, 100), 2,
         "Times the whole block is announced after a takeover (2 is like `arping -A -c 2`)."),
@@ -315,6 +344,7 @@ TABLES_BY_PATH: dict[str, tuple[Key, ...]] = {
     "control": _CONTROL,
     "metrics": _METRICS,
     "conntrack": _CONNTRACK,
+    "bgp": _BGP,
     "heartbeat": _HEARTBEAT,
     "block": _BLOCK,
     "block.announce": _ANNOUNCE,

@@ -7,7 +7,9 @@ block never waits for a big block's announcement. A new kernel facility is one
 more line in TAKEOVER. A release runs the same steps in the opposite order.
 A step serves the L2 modes and cluster-filter backends it names: a cluster-mac
 block announces nothing, a garp block has no virtual MAC to bring up, and a
-cluster-mac block's buckets are owned in nftables or in XDP, not both.
+cluster-mac block's buckets are owned in nftables or in XDP, not both. A step
+also serves the ways of announcing it names ([block.announce] via): GARP/NA for
+"l2", the companion routes BIRD announces upstream for "bgp", both for "both".
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 L2_MODES = frozenset({"garp", "vmac", "cluster-mac"})
 BACKENDS = frozenset({"nft", "xdp"})
+VIAS = frozenset({"l2", "bgp", "both"})
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class Step:
     announces: bool = False
     modes: frozenset[str] = L2_MODES
     backends: frozenset[str] = BACKENDS
+    vias: frozenset[str] = VIAS
     # The facility that holds a block's flow buckets (active/active moves them one by one).
     owns_buckets: bool = False
 
@@ -41,25 +45,35 @@ TAKEOVER: tuple[Step, ...] = (
     Step("xdp", before_traffic=True, modes=frozenset({"cluster-mac"}),       # or in the XDP filter
          backends=frozenset({"xdp"}), owns_buckets=True),
     Step("addresses", before_traffic=True),                 # AnyIP routes, IPv6 interface addresses
+    # Companion routes in table 199 for BIRD to announce upstream: only once the block is
+    # local, or the upstream sends traffic here that nothing accepts, and withdrawn first on
+    # a release. One netlink message per prefix, so it goes with the steps traffic waits
+    # for, right behind the addresses: behind them it would wait for other blocks' GARP waves.
+    Step("routes", before_traffic=True, vias=frozenset({"bgp", "both"})),
     Step("announce", before_traffic=False, announces=True,  # GARP / unsolicited NA rounds; from the vmac
-         modes=frozenset({"garp", "vmac"})),
+         modes=frozenset({"garp", "vmac"}), vias=frozenset({"l2", "both"})),
 )
 
 
-def takeover(facilities: Collection[str], mode: str = "garp", backend: str = "nft") -> tuple[Step, ...]:
+def takeover(facilities: Collection[str], mode: str = "garp", backend: str = "nft",
+             via: str = "l2") -> tuple[Step, ...]:
     """The takeover steps of a block in L2 mode `mode`, its cluster filter in `backend`,
-    served by these facilities, in order."""
+    announced `via`, served by these facilities, in order."""
     return tuple(step for step in TAKEOVER
-                 if step.facility in facilities and mode in step.modes and backend in step.backends)
+                 if step.facility in facilities and mode in step.modes and backend in step.backends
+                 and via in step.vias)
 
 
-def release(facilities: Collection[str], mode: str = "garp", backend: str = "nft") -> tuple[Step, ...]:
-    """The release steps: announcing stops first, the gate closes last."""
-    return tuple(reversed(takeover(facilities, mode, backend)))
+def release(facilities: Collection[str], mode: str = "garp", backend: str = "nft",
+            via: str = "l2") -> tuple[Step, ...]:
+    """The release steps: announcing stops first (the routes are withdrawn before the
+    addresses go), the gate closes last."""
+    return tuple(reversed(takeover(facilities, mode, backend, via)))
 
 
-def reannounce(facilities: Collection[str], mode: str = "garp", backend: str = "nft") -> tuple[Step, ...]:
-    return tuple(step for step in takeover(facilities, mode, backend) if step.announces)
+def reannounce(facilities: Collection[str], mode: str = "garp", backend: str = "nft",
+               via: str = "l2") -> tuple[Step, ...]:
+    return tuple(step for step in takeover(facilities, mode, backend, via) if step.announces)
 
 
 def phases(steps: tuple[Step, ...]) -> tuple[tuple[Step, ...], tuple[Step, ...]]:

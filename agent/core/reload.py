@@ -25,12 +25,18 @@ class BlockLike(Protocol):
     prefixes: tuple[IPNetwork, ...]
     addresses: tuple[IPAddress, ...]
     l2: object
+    announce: Announced
+
+
+class Announced(Protocol):
+    via: str
 
 
 @dataclass(frozen=True)
 class BlockDiff:
     """Block names by what happens to them; `replaced` moved to another interface or
-    L2 setting (neighbours reach it another way: released and taken again)."""
+    L2 setting, or is announced another way (L2, BGP): neighbours reach it another
+    way, so it is released and taken again."""
 
     added: tuple[str, ...]
     removed: tuple[str, ...]
@@ -53,7 +59,7 @@ def diff_blocks(old: Mapping[str, BlockLike], new: Mapping[str, BlockLike]) -> B
 
 
 def _same_place(old: BlockLike, new: BlockLike) -> bool:
-    return old.interface == new.interface and old.l2 == new.l2
+    return old.interface == new.interface and old.l2 == new.l2 and old.announce.via == new.announce.via
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,9 @@ IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS, IFA_PROTO = 1, 2, 8, 11
 IFA_F_NODAD = 0x02
 RT_TABLE_LOCAL = 255
 RT_SCOPE_HOST = 254
+RT_SCOPE_UNIVERSE = 0
 RTN_LOCAL = 2
+RTN_UNREACHABLE = 7
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
@@ -71,6 +73,17 @@ def local_route(network: Network, proto: int, oif: int) -> bytes:
     )
     body += _attr(RTA_DST, dst) + _U32_ATTR.pack(8, RTA_OIF, oif)
     return body
+
+
+def table_route(network: Network, proto: int, table: int, kind: int = RTN_UNREACHABLE) -> bytes:
+    """`unreachable NETWORK table TABLE proto PROTO` (or another route type without a
+    next hop) as an RTM_NEWROUTE/DELROUTE body."""
+    dst = network.network_address.packed
+    body = _RTMSG.pack(
+        _family(len(dst)), network.prefixlen, 0, 0, table if table < 256 else 0, proto,
+        RT_SCOPE_UNIVERSE, kind, 0,
+    )
+    return body + _attr(RTA_DST, dst) + _U32_ATTR.pack(8, RTA_TABLE, table)
 
 
 def interface_address(address: Address, proto: int, index: int) -> bytes:

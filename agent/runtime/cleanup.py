@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import Executor, ThreadPoolExecutor
 
+from agent.config import BgpConfig
 from agent.dataplane.addresses import AddressStep
 from agent.dataplane.announce import AnnounceStep
 from agent.dataplane.cluster import ClusterStep
 from agent.dataplane.nft import NftStep
+from agent.dataplane.routes import RouteStep
 from agent.dataplane.step import DataplaneStep, StepResult
 from agent.dataplane.vmac import VmacStep
 from agent.dataplane.xdp import XdpStep
@@ -24,18 +26,19 @@ def worker(name: str) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=normal_priority)
 
 
-WORKERS = ("netlink", "announce", "nft", "xdp")
+WORKERS = ("netlink", "announce", "nft", "xdp", "bird")
 
 
 def build_steps(loop: asyncio.AbstractEventLoop, workers: dict[str, Executor], lease: float,
-                first: tuple[DataplaneStep, ...] = ()) -> tuple[DataplaneStep, ...]:
+                bgp: BgpConfig = BgpConfig(), first: tuple[DataplaneStep, ...] = ()) -> tuple[DataplaneStep, ...]:
     """Every facility; core.plan decides their takeover order, this list the order they
     prepare in (a vmac exists before its sender opens; the nft cluster filter lets go of a
     block's multicast MAC before the XDP one takes it). `lease`: how long the gate and the
-    XDP filter serve without a refresh (one dead interval). `first`: the facilities only
-    some configurations have (the conntrack replay)."""
+    XDP filter serve without a refresh (one dead interval); `bgp`: where BIRD is; `first`: the
+    facilities only some configurations have (the conntrack replay)."""
     return (*first, NftStep(workers["nft"], lease), ClusterStep(workers["nft"]), XdpStep(workers["xdp"], lease),
-            VmacStep(workers["netlink"]), AddressStep(workers["netlink"]), AnnounceStep(loop, workers["announce"]))
+            VmacStep(workers["netlink"]), AddressStep(workers["netlink"]),
+            RouteStep(loop, workers["netlink"], workers["bird"], bgp), AnnounceStep(loop, workers["announce"]))
 
 
 async def remove_leftovers(steps: tuple[DataplaneStep, ...]) -> dict:

@@ -69,7 +69,7 @@ class Daemon:
             first = (ConntrackStep(self.workers["conntrack"], self.sync.writer, self.sync.cache, self.sync.quiet),)
         # The gate's lease is one dead interval: a hung agent's node stops serving by the
         # time the peer, at the earliest, takes over.
-        steps = build_steps(self.loop, self.workers, lease=config.node.dead_interval, first=first)
+        steps = build_steps(self.loop, self.workers, lease=config.node.dead_interval, bgp=config.bgp, first=first)
         self.runner = StepRunner(self.loop, steps, self.history)
         self.configuration = Configuration(config, self.loop, self.workers["config"], pump=self.pump,
                                            runner=self.runner, history=self.history, notifier=self.notifier)

@@ -108,6 +108,16 @@ def families(status: dict) -> list[Metric]:
                + [({"block": "", "result": result}, n) for result, n in xdp.get("no_block_packets", {}).items()])
     out.metric("dpagent_xdp_attached", "gauge", "1 per interface the XDP cluster filter is attached to, by mode.",
                [({"interface": i, "mode": m}, 1) for i, m in sorted(xdp.get("attached", {}).items())])
+    routes = status.get("routes", {})
+    found = routes.get("bird")
+    out.metric("dpagent_bird_up", "gauge",
+               "1 if BIRD answered the last check and every kernel protocol of [bgp] was up; only with BGP blocks.",
+               [({}, int(found["running"] and not found["problem"]))] if found else [])
+    out.metric("dpagent_bird_protocol_up", "gauge", "1 per kernel protocol of [bgp] that BIRD has up.",
+               [({"protocol": name}, int(p["state"] == "up" and p.get("proto") == "Kernel"))
+                for name, p in sorted((found or {}).get("protocols", {}).items())])
+    out.metric("dpagent_bgp_routes", "gauge", "Companion routes this node has in table 199 for BIRD, by block.",
+               [({"block": name}, n) for name, n in sorted(routes.get("announced", {}).items())])
     announce = status["announce"]
     out.metric("dpagent_announce_frames_total", "counter", "GARP/NA frames sent.", [({}, announce["frames_sent"])])
     out.metric("dpagent_announce_send_errors_total", "counter", "GARP/NA send errors, by errno.",

@@ -2,8 +2,8 @@
 
 Parsing runs in its own thread: a 65,536-line address file takes ~0.3 s, twice
 the peer's dead interval, and the adverts must keep leaving meanwhile. Keys and
-blocks change live; the node, its heartbeat links and the control socket need a
-restart and are refused with a message. A refused reload keeps the running
+blocks change live; the node, its heartbeat links, the control socket, the
+metrics listener and [bgp] need a restart and are refused with a message. A refused reload keeps the running
 configuration whole.
 """
 
@@ -25,7 +25,7 @@ from agent.runtime.transitions import History
 
 log = logging.getLogger("dpagent")
 
-NEEDS_RESTART = ("node", "heartbeat", "control_socket", "metrics_listen")
+NEEDS_RESTART = ("node", "heartbeat", "control_socket", "metrics_listen", "bgp")
 
 
 def active_passive(blocks: Sequence[Block]) -> tuple[str, ...]:

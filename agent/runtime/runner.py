@@ -183,7 +183,8 @@ class StepRunner:
     async def _take(self, job: _Job) -> None:
         for phase in (0, 1):
             for block in job.blocks:
-                for planned in plan.phases(plan.takeover(self.steps, block.l2.mode, block.l2.backend))[phase]:
+                steps = plan.takeover(self.steps, block.l2.mode, block.l2.backend, block.announce.via)
+                for planned in plan.phases(steps)[phase]:
                     # The core may have changed its mind while earlier work ran.
                     if block.name not in self.wanted:
                         break
@@ -197,7 +198,7 @@ class StepRunner:
             if block is None or block.name in self.wanted:
                 continue
             ok = True
-            for planned in plan.release(self.steps, block.l2.mode, block.l2.backend):
+            for planned in plan.release(self.steps, block.l2.mode, block.l2.backend, block.announce.via):
                 ok = await self._step(job.transition, self.steps[planned.facility], "release", block) and ok
             if ok:
                 del self.held[block.name]
@@ -210,7 +211,7 @@ class StepRunner:
         old = self.held.get(block.name)
         if old is None or old == block:
             return
-        for planned in plan.takeover(self.steps, block.l2.mode, block.l2.backend):
+        for planned in plan.takeover(self.steps, block.l2.mode, block.l2.backend, block.announce.via):
             if block.name in self.wanted:
                 await self._step(job.transition, self.steps[planned.facility], "adjust", block, old)
         self.held[block.name] = block
@@ -224,7 +225,7 @@ class StepRunner:
             # Released (or never taken): the kernel holds none of its buckets.
             job.applied(named.name, frozenset())
             return
-        for planned in plan.takeover(self.steps, block.l2.mode, block.l2.backend):
+        for planned in plan.takeover(self.steps, block.l2.mode, block.l2.backend, block.announce.via):
             if planned.owns_buckets:
                 result = None
                 with StepTimer(job.transition, f"own-buckets:{block.name}") as timed:
@@ -238,7 +239,7 @@ class StepRunner:
             block = self.held.get(named.name)
             if block is None:
                 continue
-            for planned in plan.reannounce(self.steps, block.l2.mode, block.l2.backend):
+            for planned in plan.reannounce(self.steps, block.l2.mode, block.l2.backend, block.announce.via):
                 if block.name in self.wanted:
                     await self._step(job.transition, self.steps[planned.facility], "take", block)
 
@@ -256,7 +257,7 @@ class StepRunner:
         started = self._loop.time()
         try:
             for block in job.blocks:
-                for planned in plan.takeover(self.steps, block.l2.mode, block.l2.backend):
+                for planned in plan.takeover(self.steps, block.l2.mode, block.l2.backend, block.announce.via):
                     if block.name not in self.wanted or self.held.get(block.name) is not block:
                         break
                     result = await self.steps[planned.facility].repair(block)

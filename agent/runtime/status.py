@@ -13,6 +13,7 @@ def block_status(block: Block, held: Block | None, last_change: dict | None) -> 
         "prefixes": [str(p) for p in block.prefixes],
         "held": held is not None,
         "mode": block.mode,
+        "via": block.announce.via,
         "l2": {"mode": block.l2.mode, "mac": block.l2.mac,
                **({"backend": block.l2.backend, "buckets": block.l2.buckets, "hash": block.l2.hash,
                    "hash_seed": block.l2.hash_seed} if block.l2.mode == "cluster-mac" else {"backend": None})},

@@ -55,3 +55,17 @@ def test_watch_without_an_agent_exits_3_at_once(tmp_path, capsys) -> None:
 def test_watch_intervals_out_of_range_are_refused() -> None:
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["status", "--watch", "--interval", "0"])
+
+
+def test_status_shows_bird_and_its_warning() -> None:
+    routes = {"table": 199, "announced": {"ext": 256},
+              "bird": {"running": True, "version": "2.0.12", "socket": "/run/bird/bird.ctl", "problem": "no protocol dpagent6",
+                       "protocols": {"dpagent4": {"state": "up", "imported": 256}, "dpagent6": {"state": "missing"}}}}
+    assert cli._bird_lines(routes) == [
+        "bgp: BIRD 2.0.12 at /run/bird/bird.ctl: dpagent4 up (256 routes), dpagent6 missing",
+        "  WARNING: no protocol dpagent6",
+        "  table 199: ext 256 route(s)",
+    ]
+    down = {"running": False, "version": None, "socket": "/x", "problem": "no control socket at /x", "protocols": {}}
+    assert cli._bird_lines({"bird": down}) == ["bgp: BIRD NOT RUNNING at /x", "  WARNING: no control socket at /x"]
+    assert cli._bird_lines({"bird": None}) == []

@@ -63,3 +63,25 @@ def test_connection_state_is_in_the_kernel_before_the_gate_opens():
         steps = plan.takeover(everything, mode)
         assert steps[0].facility == "conntrack" and steps[0].before_traffic and steps[1].facility == "gate"
         assert plan.release(everything, mode)[-1].facility == "conntrack"
+
+
+def test_bgp_routes_follow_the_addresses_and_go_first_on_release():
+    everything = {step.facility for step in plan.TAKEOVER} - {"conntrack"}
+    assert [s.facility for s in plan.takeover(everything, via="bgp")] == ["gate", "addresses", "routes"]
+    assert [s.facility for s in plan.release(everything, via="bgp")] == ["routes", "addresses", "gate"]
+    # Not behind another block's GARP wave: the route goes out with the steps traffic waits for.
+    first, behind = plan.phases(plan.takeover(everything, via="both"))
+    assert [s.facility for s in first] == ["gate", "addresses", "routes"]
+    assert [s.facility for s in behind] == ["announce"]
+    # Re-announcing sends frames; the routes stay in the kernel and need nothing again.
+    assert [s.facility for s in plan.reannounce(everything, via="both")] == ["announce"]
+    assert plan.reannounce(everything, via="bgp") == ()
+
+
+def test_an_l2_block_has_no_routes_and_a_bgp_block_no_frames():
+    everything = {step.facility for step in plan.TAKEOVER} - {"conntrack"}
+    assert "routes" not in [s.facility for s in plan.takeover(everything, via="l2")]
+    assert [s.facility for s in plan.takeover(everything, "cluster-mac", "xdp", "bgp")] == [
+        "gate", "xdp", "addresses", "routes"]
+    assert [s.facility for s in plan.takeover(everything, "vmac", via="bgp")] == [
+        "gate", "vmac", "addresses", "routes"]

@@ -12,12 +12,18 @@ from agent.core.reload import address_delta, diff_blocks, kernel_addresses
 
 
 @dataclass(frozen=True)
+class A:
+    via: str = "l2"
+
+
+@dataclass(frozen=True)
 class B:
     name: str
     interface: str = "eth1"
     prefixes: tuple = ()
     addresses: tuple = ()
     l2: str = "garp"
+    announce: A = A()
 
 
 def nets(*texts: str) -> tuple:
@@ -38,6 +44,14 @@ def test_diff_sorts_blocks_by_what_happens_to_them():
     assert diff.replaced == ("c",)
     assert not diff.empty
     assert diff_blocks(old, dict(old)).empty
+
+
+def test_announcing_another_way_replaces_the_block():
+    old = {"a": B("a"), "b": B("b", announce=A("bgp"))}
+    new = {"a": B("a", announce=A("both")), "b": B("b", announce=A("bgp"), prefixes=nets("198.18.0.0/24"))}
+    diff = diff_blocks(old, new)
+    assert diff.replaced == ("a",)
+    assert diff.adjusted == ("b",)
 
 
 def test_a_block_whose_l2_mode_changes_is_released_and_taken_again():

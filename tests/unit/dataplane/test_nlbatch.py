@@ -20,7 +20,7 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from agent.dataplane import nlbatch
 from agent.dataplane.nlbatch import (
     NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR, RTM_DELROUTE, RTM_NEWADDR, RTM_NEWROUTE,
-    Batcher, interface_address, local_route,
+    Batcher, interface_address, local_route, table_route,
 )
 
 NLMSGHDR = struct.Struct("=IHHII")
@@ -74,6 +74,16 @@ def test_interface_address_is_what_pyroute2_encodes(address, proto, index):
     msg["attrs"] = [("IFA_LOCAL", str(address)), ("IFA_ADDRESS", str(address)),
                     ("IFA_FLAGS", 0x02), ("IFA_PROTO", proto)]
     assert interface_address(address, proto, index) == pyroute2_body(msg)
+
+
+@settings(max_examples=300, deadline=None)
+@given(NETWORKS, st.integers(0, 255), st.integers(1, 2**32 - 1))
+def test_table_route_is_what_pyroute2_encodes(network, proto, table):
+    msg = rtmsg()
+    msg.update(family=socket.AF_INET if network.version == 4 else socket.AF_INET6,
+               dst_len=network.prefixlen, table=table if table < 256 else 0, proto=proto, scope=0, type=7)
+    msg["attrs"] = [("RTA_DST", str(network.network_address)), ("RTA_TABLE", table)]
+    assert table_route(network, proto, table) == pyroute2_body(msg)
 
 
 @pytest.mark.parametrize("network, family", [

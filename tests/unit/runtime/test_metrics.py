@@ -17,6 +17,10 @@ STATUS = {
     "blocks": [{"name": "ext", "addresses": 65536, "held": True}],
     "announce": {"frames_sent": 131072, "send_errors_by_errno": {}, "last_duration_s": 0.31},
     "control_errors": {}, "loop": {"max_lag_s": 0.002, "stalls": 0},
+    "routes": {"table": 199, "announced": {"ext": 1},
+               "bird": {"running": True, "problem": "dpagent6 is down",
+                        "protocols": {"dpagent4": {"proto": "Kernel", "state": "up"},
+                                      "dpagent6": {"proto": "Kernel", "state": "down"}}}},
     "xdp": {"attached": {"eth1": "native"},
             "blocks": {"ext": {"packets": {"passed": 5, "dropped": 6}}}, "no_block_packets": {"not_block": 9}},
 }
@@ -52,3 +56,9 @@ def test_counters_end_in_total_and_values_come_from_the_status_document() -> Non
     assert samples("dpagent_xdp_attached") == {(("interface", "eth1"), ("mode", "native")): 1.0}
     ((labels, one),) = samples("dpagent_build_info").items()
     assert dict(labels).keys() == {"version"} and one == 1.0
+
+
+def test_bird_and_its_protocols() -> None:
+    assert samples("dpagent_bird_up") == {(): 0.0}
+    assert samples("dpagent_bird_protocol_up") == {(("protocol", "dpagent4"),): 1.0, (("protocol", "dpagent6"),): 0.0}
+    assert samples("dpagent_bgp_routes") == {(("block", "ext"),): 1.0}
