@@ -23,7 +23,7 @@ def neighbours(lab: Lab) -> dict[str, str | None]:
     return {entry["dst"]: entry.get("lladdr") for entry in json.loads(out)}
 
 
-def wait_resolved(lab: Lab, wanted: list[str], mac: str, timeout: float = 20.0) -> None:
+def wait_resolved(lab: Lab, wanted: list[str], mac: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         cache = neighbours(lab)
