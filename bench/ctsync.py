@@ -87,9 +87,9 @@ def start(lab: Lab, mode: str, ct_max: int) -> None:
         lab.start_agent(node, lab.write_config(node, block=BLOCK, conntrack=mode, extra=lab.inside_block()))
         lab.wait_state(node, state, timeout=30)
     deadline = time.monotonic() + 30
-    while not stats(lab, 2).get("in_sync"):
+    while not stats(lab, 2).get("in_sync") or not stats(lab, 1).get("holding"):
         if time.monotonic() > deadline:
-            raise RuntimeError("fw2 never got in sync with fw1")
+            raise RuntimeError("fw1 never held its blocks with fw2 in sync")
         time.sleep(0.05)
 
 

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Executor
 from collections.abc import Callable
 
@@ -43,6 +43,10 @@ DATAGRAM_BATCH = 256
 EVENT_BATCH = 8
 # Dump chunks handed to a channel at once (records).
 DUMP_CHUNK = 4096
+# Records handed to the channels per loop turn (~1,200 frames, a few ms), and how soon a
+# channel without room is looked at again.
+PUMP_RECORDS = 16384
+PUMP_RETRY = 0.005
 
 
 def own_addresses(interfaces: tuple[str, ...]) -> tuple[str, ...]:
@@ -90,6 +94,10 @@ class ConntrackSync:
         self._dump_all = False
         self.last_dump_seconds = 0.0
         self._pending_hot: list[bytes] = []
+        # Per peer, what waits for room in its channel: (records, resync_begin, resync_end).
+        self._outbox: dict[str, deque[tuple[bytes, bool, bool]]] = {peer: deque() for peer in self.channels}
+        self._pump_handle: asyncio.TimerHandle | None = None
+        self._read_events = False
         self._hot_busy = False
         self.counters: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
@@ -108,14 +116,15 @@ class ConntrackSync:
         self._filter.ignore = ignore[:ct.MAX_IGNORE]
         self._reader = ct.EventReader(self._filter, self.config.event_buffer)
         self._loop.add_reader(self._reader.fileno(), self._on_events)
+        self._read_events = True
         self._open()
 
     def close(self) -> None:
-        for handle in (self._timer, self._retry):
+        for handle in (self._timer, self._retry, self._pump_handle):
             if handle is not None:
                 handle.cancel()
         if self._reader is not None:
-            self._loop.remove_reader(self._reader.fileno())
+            self._reading(False)
             self._reader.close()
             self._reader = None
         if self._sock is not None:
@@ -191,10 +200,9 @@ class ConntrackSync:
         if not self._holding():
             self.counters["events_not_sent"] += count
             return
-        now = self._loop.time()
-        for peer, channel in self.channels.items():
-            self._transmit(peer, channel.send(records, now))
-        self._rearm()
+        for peer in self.channels:
+            self._outbox[peer].append((records, False, False))
+        self._pump()
 
     def _measure(self, count: int) -> None:
         started, seen = self._events_window
@@ -238,6 +246,8 @@ class ConntrackSync:
             for payload, flags in got.records:
                 self._apply(peer, payload, flags)
         self._serve_resyncs()
+        if any(self._outbox.values()) and self._pump_handle is None:
+            self._pump()
         self._rearm()
 
     def _apply(self, peer: str, payload: bytes, flags: int) -> None:
@@ -285,6 +295,44 @@ class ConntrackSync:
                 self.counters[f"hot_error_{name}"] += count
         self._flush_hot()
 
+    # --- pacing -----------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Hand each peer's channel what it takes now, a bounded amount per loop turn, so that a
+        million-entry table never holds the loop (and the adverts) up. While a channel has no
+        room, the event socket is not read: the kernel's buffer holds the events, and if it
+        overflows, the overrun's full table repairs the peers."""
+        if self._pump_handle is not None:
+            self._pump_handle.cancel()
+            self._pump_handle = None
+        now = self._loop.time()
+        budget = PUMP_RECORDS
+        for peer, box in self._outbox.items():
+            channel = self.channels[peer]
+            while box and budget > 0:
+                records, begin, end = box[0]
+                if len(records) > channel.room() and channel.peer_known:
+                    break
+                box.popleft()
+                self._transmit(peer, channel.send(records, now, resync_begin=begin, resync_end=end))
+                budget -= len(records) // ct.RECORD_SIZE + 1
+        backlog = any(self._outbox.values())
+        self._reading(not backlog)
+        if backlog:
+            # Room comes back with acks; look again soon either way.
+            self._pump_handle = self._loop.call_later(0 if budget <= 0 else PUMP_RETRY, self._pump)
+        self._rearm()
+
+    def _reading(self, on: bool) -> None:
+        if self._reader is None or on == self._read_events:
+            return
+        self._read_events = on
+        if on:
+            self._loop.add_reader(self._reader.fileno(), self._on_events)
+        else:
+            self.counters["reads_paused"] += 1
+            self._loop.remove_reader(self._reader.fileno())
+
     # --- full tables --------------------------------------------------------------------------
 
     def _serve_resyncs(self) -> None:
@@ -317,18 +365,18 @@ class ConntrackSync:
             self.last_error = f"dump: {exc.strerror or exc}"
             self._loop.call_later(RETRY_OPEN, self._schedule_dump, self._dump_all)
             return
-        now = self._loop.time()
+        chunk = DUMP_CHUNK * ct.RECORD_SIZE
+        parts = [records[i:i + chunk] for i in range(0, len(records), chunk)] or [b""]
         for peer, channel in self.channels.items():
             if not (self._dump_all or channel.resync_needed) or not channel.peer_known:
                 continue
             self.counters["resyncs_sent"] += 1
-            chunk = DUMP_CHUNK * ct.RECORD_SIZE
-            parts = [records[i:i + chunk] for i in range(0, len(records), chunk)] or [b""]
-            for i, part in enumerate(parts):
-                self._transmit(peer, channel.send(part, now, resync_begin=i == 0, resync_end=i == len(parts) - 1))
+            # The full table supersedes whatever waited for this peer; what happens from now on
+            # goes behind it, so that no older record of the dump lands after a newer event.
+            self._outbox[peer] = deque((part, i == 0, i == len(parts) - 1) for i, part in enumerate(parts))
         if self._dump_again:
             self._schedule_dump(all_peers=True)
-        self._rearm()
+        self._pump()
 
     # --- operators' verbs ------------------------------------------------------------------
 
