@@ -62,6 +62,18 @@ def own_addresses(interfaces: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
+def sizing(expected: int, size: dict) -> list[str]:
+    """What to set so that the kernel's table holds the `expected` entries a takeover brings."""
+    warnings = []
+    if expected and size.get("max") is not None and size["max"] < expected:
+        warnings.append(f"net.netfilter.nf_conntrack_max is {size['max']}, under the {expected} entries "
+                        f"expected: set it to {expected} or more")
+    if expected and size.get("buckets") is not None and size["buckets"] < expected // 2:
+        warnings.append(f"the conntrack hash table has {size['buckets']} buckets for {expected} entries "
+                        f"expected: set /sys/module/nf_conntrack/parameters/hashsize to {expected} or more")
+    return warnings
+
+
 class ConntrackSync:
     def __init__(self, loop: asyncio.AbstractEventLoop, config: ConntrackConfig, keyring: KeyRing, node_id: int,
                  epoch: int, executor: Executor, holding: Callable[[], bool],
@@ -117,6 +129,8 @@ class ConntrackSync:
         self._reader = ct.EventReader(self._filter, self.config.event_buffer)
         self._loop.add_reader(self._reader.fileno(), self._on_events)
         self._read_events = True
+        for warning in self.sizing(ct.table_size()):
+            log.error("conntrack: %s", warning)
         self._open()
 
     def close(self) -> None:
@@ -408,17 +422,13 @@ class ConntrackSync:
         self._schedule_dump(all_peers=True)
         return len(self.channels)
 
+    def sizing(self, size: dict) -> list[str]:
+        return sizing(self.config.expected_entries, size)
+
     def stats(self) -> dict:
         now = self._loop.time()
         size = ct.table_size()
-        warnings = []
-        expected = self.config.expected_entries
-        if expected and size.get("max") is not None and size["max"] < expected:
-            warnings.append(f"net.netfilter.nf_conntrack_max is {size['max']}, under the {expected} entries "
-                            f"expected: set it to {expected} or more")
-        if expected and size.get("buckets") is not None and size["buckets"] < expected // 2:
-            warnings.append(f"the conntrack hash table has {size['buckets']} buckets for {expected} entries "
-                            f"expected: set /sys/module/nf_conntrack/parameters/hashsize to {expected} or more")
+        warnings = self.sizing(size)
         reader = self._reader
         return {
             "mode": self.config.mode,
