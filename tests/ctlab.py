@@ -103,7 +103,9 @@ def sync_filter(lab: Lab, node: int) -> ct.Filter:
     """The filter fw<node>'s agent syncs through (no [conntrack] ignore or protocols keys given)."""
     with enter(lab.ns(f"fw{node}")):
         ignore = own_addresses(LINKS)
-    return ct.Filter(frozenset(PROTOCOL_NUMBERS.values()), ignore)
+    # And the sync peers' addresses (the lab's [conntrack] peers are the others' hb1).
+    peers = tuple(a.hb1 for n, a in lab.addresses.items() if n != node)
+    return ct.Filter(frozenset(PROTOCOL_NUMBERS.values()), ignore + peers)
 
 
 def synced_count(lab: Lab, node: int, filter: ct.Filter) -> int:

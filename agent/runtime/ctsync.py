@@ -47,6 +47,12 @@ DUMP_CHUNK = 4096
 # channel without room is looked at again.
 PUMP_RECORDS = 16384
 PUMP_RETRY = 0.005
+# Events read while a dump runs and held behind it, at most (bytes); past it they are dropped
+# and a second dump follows.
+HELD_MAX = 128 << 20
+# How often the event socket is read whatever the loop's poller says: after ENOBUFS, uvloop
+# stops watching a netlink socket (an error on the fd) without a word, and only this notices.
+EVENT_WATCH = 0.1
 
 
 def own_addresses(interfaces: tuple[str, ...]) -> tuple[str, ...]:
@@ -110,6 +116,10 @@ class ConntrackSync:
         self._outbox: dict[str, deque[tuple[bytes, bool, bool]]] = {peer: deque() for peer in self.channels}
         self._pump_handle: asyncio.TimerHandle | None = None
         self._read_events = False
+        # Events read while a dump runs, sent behind it.
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._watch: asyncio.TimerHandle | None = None
         self._hot_busy = False
         self.counters: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
@@ -131,10 +141,11 @@ class ConntrackSync:
         self._read_events = True
         for warning in self.sizing(ct.table_size()):
             log.error("conntrack: %s", warning)
+        self._watch = self._loop.call_later(EVENT_WATCH, self._watch_events)
         self._open()
 
     def close(self) -> None:
-        for handle in (self._timer, self._retry, self._pump_handle):
+        for handle in (self._timer, self._retry, self._pump_handle, self._watch):
             if handle is not None:
                 handle.cancel()
         if self._reader is not None:
@@ -205,6 +216,10 @@ class ConntrackSync:
         if overrun:
             self.counters["overruns"] += 1
             log.error("conntrack events lost (ENOBUFS): sending every peer a full table")
+            if self._read_events:
+                # Watch the socket afresh: the poller may have dropped it on the error.
+                self._loop.remove_reader(self._reader.fileno())
+                self._loop.add_reader(self._reader.fileno(), self._on_events)
             self._schedule_dump(all_peers=True)
         count = len(records) // ct.RECORD_SIZE
         self.counters["events"] += count
@@ -214,9 +229,25 @@ class ConntrackSync:
         if not self._holding():
             self.counters["events_not_sent"] += count
             return
+        if self._dumping:
+            # Behind the full table being dumped: sent before its barrier, an entry the dump
+            # missed would be swept at its end.
+            self._held.append(records)
+            self._held_bytes += len(records)
+            if self._held_bytes > HELD_MAX:
+                self.counters["held_dropped"] += 1
+                self._held.clear()
+                self._held_bytes = 0
+                self._dump_again = True
+            return
         for peer in self.channels:
             self._outbox[peer].append((records, False, False))
         self._pump()
+
+    def _watch_events(self) -> None:
+        self._watch = self._loop.call_later(EVENT_WATCH, self._watch_events)
+        if self._read_events:
+            self._on_events()
 
     def _measure(self, count: int) -> None:
         started, seen = self._events_window
@@ -309,6 +340,14 @@ class ConntrackSync:
                 self.counters[f"hot_error_{name}"] += count
         self._flush_hot()
 
+    def _release_held(self) -> None:
+        """The events read while the dump ran, behind it, in the order they came."""
+        for records in self._held:
+            for peer in self.channels:
+                self._outbox[peer].append((records, False, False))
+        self._held.clear()
+        self._held_bytes = 0
+
     # --- pacing -----------------------------------------------------------------------------
 
     def _pump(self) -> None:
@@ -377,6 +416,7 @@ class ConntrackSync:
         except OSError as exc:
             self.counters["dump_failures"] += 1
             self.last_error = f"dump: {exc.strerror or exc}"
+            self._release_held()
             self._loop.call_later(RETRY_OPEN, self._schedule_dump, self._dump_all)
             return
         chunk = DUMP_CHUNK * ct.RECORD_SIZE
@@ -388,6 +428,7 @@ class ConntrackSync:
             # The full table supersedes whatever waited for this peer; what happens from now on
             # goes behind it, so that no older record of the dump lands after a newer event.
             self._outbox[peer] = deque((part, i == 0, i == len(parts) - 1) for i, part in enumerate(parts))
+        self._release_held()
         if self._dump_again:
             self._schedule_dump(all_peers=True)
         self._pump()

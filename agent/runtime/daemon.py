@@ -64,7 +64,10 @@ class Daemon:
         if config.conntrack is not None:
             self.sync = ConntrackSync(self.loop, config.conntrack, KeyRing(config.keys), config.node.id, epoch,
                                       self.workers["conntrack"], holding=lambda: bool(self.runner.held),
-                                      extra_ignore=tuple(str(a) for link in config.heartbeat for a in link.peers),
+                                      # The peers' link addresses: their adverts and sync frames.
+                                      extra_ignore=tuple(dict.fromkeys(
+                                          [str(a) for link in config.heartbeat for a in link.peers]
+                                          + [str(a) for a in config.conntrack.peers])),
                                       link_interfaces=tuple(link.interface for link in config.heartbeat))
             first = (ConntrackStep(self.workers["conntrack"], self.sync.writer, self.sync.cache, self.sync.quiet),)
         # The gate's lease is one dead interval: a hung agent's node stops serving by the

@@ -91,9 +91,8 @@ def test_a_late_backup_gets_the_whole_table_and_a_flush_is_refilled_by_resync(la
     # fw2 starts after the entries exist: only a full table can have brought them.
     start(lab, 2, "BACKUP", lab.write_config(2, block=BLOCK, advert_interval=ADVERT, conntrack="cache",
                                             extra=lab.inside_block()))
-    # At least all of them: exact equality is the storm test's (an entry made during the join's
-    # dump, like fw2's own adverts in fw1's table, may be swept: see its xfail).
-    wait(lambda: (cached(lab, 2) or 0) >= ENTRIES + real, 120, "fw2's cache to hold fw1's table",
+    # Exactly what fw1's agent would send: events of the join's dump wait behind its barrier.
+    wait(converged(lab, filter, ENTRIES + real), 120, "fw2's cache to hold fw1's table",
          lambda: report(lab, filter))
     stats = conntrack_stats(lab, 2)
     assert stats["counters"].get("resyncs_received", 0) >= 1, stats
@@ -106,7 +105,7 @@ def test_a_late_backup_gets_the_whole_table_and_a_flush_is_refilled_by_resync(la
     resyncs = stats["counters"]["resyncs_received"]
     asked = agentctl(lab, 2, "conntrack", "resync")
     assert asked["ok"], asked
-    wait(lambda: (cached(lab, 2) or 0) >= ENTRIES + real, 120, "the resync to refill fw2's cache",
+    wait(converged(lab, filter, ENTRIES + real), 120, "the resync to refill fw2's cache",
          lambda: report(lab, filter))
     assert conntrack_stats(lab, 2)["counters"]["resyncs_received"] > resyncs
     # The flows went on through fw1 all along, and nobody changed roles.
@@ -115,11 +114,6 @@ def test_a_late_backup_gets_the_whole_table_and_a_flush_is_refilled_by_resync(la
     assert ("BACKUP", "MASTER") not in transitions(lab, 2)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "agent defects (see the commit message): under uvloop the event reader is never called again "
-    "after the first ENOBUFS (libuv stops a poll handle on POLLERR), and events read while the "
-    "overrun's dump runs are sent before its barrier, so the receiver's sweep drops entries the "
-    "dump missed"))
 def test_an_event_storm_that_overflows_the_socket_ends_in_an_exact_cache(lab: Lab) -> None:
     # A namespace's nf_conntrack_max is the host's on this kernel (it cannot be raised inside).
     limit = min(table_limit(lab, node, STORM + HEADROOM) for node in (1, 2))
