@@ -288,19 +288,14 @@ def dpagent_child(n: int) -> int:
     seconds, cpu_s = time.perf_counter() - started, own_cpu() - cpu_started
     out = {"seconds": seconds, "cpu_s": cpu_s, "dump_s": dump_s, "records": len(records) // RECORD_SIZE,
            "applied": result.get("applied"), "errors": result.get("errors", {}), "replay": result}
-    per_entry = cache_bytes_per_entry(conntrack, records)
-    if per_entry is not None:
-        out["cache_bytes_per_entry"] = per_entry
+    out["cache_bytes_per_entry"] = cache_bytes_per_entry(conntrack, records)
     print(json.dumps(out, default=str))
     return 0
 
 
-def cache_bytes_per_entry(module: object, records: bytes) -> float | None:
-    """The bytes per entry of agent.dataplane.conntrack's Cache holding these records; None if it has no say."""
-    cache_class = getattr(module, "Cache", None)
-    if cache_class is None or not hasattr(cache_class, "bytes_per_entry"):
-        return None
-    cache = cache_class()
+def cache_bytes_per_entry(module: object, records: bytes) -> float:
+    """The bytes per entry of agent.dataplane.conntrack's Cache holding these records."""
+    cache = module.Cache()
     cache.apply(records)
     if len(cache) != len(records) // RECORD_SIZE:
         raise SystemExit(f"the cache holds {len(cache)} of {len(records) // RECORD_SIZE} records")

@@ -775,14 +775,6 @@ static int in_class(const struct dp_ct_record *r, int klass)
     return klass == DP_CT_CLASS_CARRYING ? carrying : !carrying;
 }
 
-size_t dp_ct_cache_count_class(const struct dp_ct_cache *c, int klass)
-{
-    size_t n = 0;
-    for (size_t e = 0; e < c->count; e++)
-        n += in_class(&c->entries[e], klass);
-    return n;
-}
-
 size_t dp_ct_cache_bytes(const struct dp_ct_cache *c)
 {
     return sizeof(*c) + c->capacity * (sizeof(*c->entries) + sizeof(*c->stamp)) + c->nslots * sizeof(*c->slots);

@@ -91,7 +91,6 @@ size_t dp_ct_cache_apply(struct dp_ct_cache *cache, const struct dp_ct_record *r
 /* Remove origin's entries not stamped with this generation (the end of a resync). */
 size_t dp_ct_cache_sweep(struct dp_ct_cache *cache, uint8_t origin, uint32_t generation);
 size_t dp_ct_cache_count(const struct dp_ct_cache *cache);
-size_t dp_ct_cache_count_class(const struct dp_ct_cache *cache, int klass);
 size_t dp_ct_cache_bytes(const struct dp_ct_cache *cache);
 /* Copy up to max entries of a class from *cursor on (start at 0); 0 at the end. */
 size_t dp_ct_cache_export(const struct dp_ct_cache *cache, size_t *cursor, struct dp_ct_record *out, size_t max,

@@ -382,10 +382,6 @@ class Cache:
     def __len__(self) -> int:
         return lib.dp_ct_cache_count(self._cache)
 
-    def count(self, klass: int = lib.DP_CT_CLASS_ALL) -> int:
-        with self._lock:
-            return lib.dp_ct_cache_count_class(self._cache, klass)
-
     @property
     def bytes(self) -> int:
         return lib.dp_ct_cache_bytes(self._cache)
@@ -404,9 +400,6 @@ class Cache:
             if n == 0:
                 return
             yield bytes(ffi.buffer(out, n * RECORD_SIZE))
-
-    def records(self, klass: int = lib.DP_CT_CLASS_ALL) -> bytes:
-        return b"".join(self.export(klass))
 
 
 def table_size() -> dict:

@@ -32,7 +32,7 @@ from agent.core.wire import KeyRing, epoch_limit
 from agent.core.syncwire import FLAG_RESYNC_BEGIN, FLAG_RESYNC_END
 from agent.dataplane import conntrack as ct
 from agent.runtime.heartbeat import ANCILLARY_SIZE, GTSM_TTL, hop_limit, open_socket, sockaddr
-from agent.runtime.ifaddr import bind_address, interface_addresses
+from agent.runtime.ifaddr import interface_addresses
 
 log = logging.getLogger("dpagent")
 
@@ -169,7 +169,6 @@ class ConntrackSync:
             return
         self.last_error = ""
         self._sock = sock
-        self.local = bind_address(self._link, self._family, index)
         self._targets = {str(p): sockaddr(self._family, p, self.config.port, index) for p in self.config.peers}
         self._loop.add_reader(sock.fileno(), self._on_datagrams)
         self._rearm()
@@ -477,6 +476,7 @@ class ConntrackSync:
             "last_error": self.last_error,
             "holding": self._holding(),
             "events_per_s": round(self.events_per_s, 1),
+            "last_dump_s": round(self.last_dump_seconds, 6),
             "cache_entries": len(self.cache) if self.cache is not None else None,
             "cache_bytes": self.cache.bytes if self.cache is not None else None,
             "kernel": size,
