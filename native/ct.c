@@ -12,7 +12,9 @@
 #include <linux/netfilter/nf_conntrack_common.h>
 #include <linux/netfilter/nf_conntrack_tcp.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <time.h>
 
 /* The timeout a created entry gets when its record carries none (ctnetlink requires one). */
 #define DEFAULT_TIMEOUT 120
@@ -530,6 +532,108 @@ size_t dp_ct_encode(const struct dp_ct_record *records, size_t n, size_t *done, 
             break;
     *done = i;
     return w.len;
+}
+
+/* The answers queued on fd: failures recorded, *acked set when the last request's came. */
+static int collect(int fd, uint8_t *rbuf, size_t rcap, uint32_t seq0, size_t n, uint32_t *failed_index,
+                   int32_t *failed_errno, size_t max_failed, size_t *n_failed, int *acked, int wait_ms)
+{
+    for (;;) {
+        if (wait_ms >= 0) {
+            struct pollfd pfd = {.fd = fd, .events = POLLIN};
+            int ready = poll(&pfd, 1, wait_ms);
+            if (ready < 0)
+                return errno == EINTR ? 0 : -errno;
+            if (ready == 0)
+                return 0;
+            wait_ms = 0;
+        }
+        ssize_t got = recv(fd, rbuf, rcap, MSG_DONTWAIT);
+        if (got < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                return 0;
+            if (errno == ENOBUFS) {
+                /* Answers were lost: counted as one failure without a record. */
+                (*n_failed)++;
+                continue;
+            }
+            return -errno;
+        }
+        size_t off = 0, len = (size_t)got;
+        while (len - off >= NLMSG_HDRLEN) {
+            const struct nlmsghdr *h = (const struct nlmsghdr *)(rbuf + off);
+            if (h->nlmsg_len < NLMSG_HDRLEN || h->nlmsg_len > len - off)
+                break;
+            if (h->nlmsg_type == NLMSG_ERROR && h->nlmsg_len >= NLMSG_HDRLEN + sizeof(int)) {
+                int err = -((const struct nlmsgerr *)NLMSG_DATA(h))->error;
+                uint32_t index = h->nlmsg_seq - seq0;
+                if (err != 0 && index < n) {
+                    if (*n_failed < max_failed) {
+                        failed_index[*n_failed] = index;
+                        failed_errno[*n_failed] = err;
+                    }
+                    (*n_failed)++;
+                }
+                if (index == n - 1)
+                    *acked = 1;
+            }
+            off += NLMSG_ALIGN(h->nlmsg_len);
+        }
+    }
+}
+
+long dp_ct_write(int fd, const struct dp_ct_record *records, size_t n, uint32_t options, uint32_t seq0,
+                 size_t per_send, uint32_t *failed_index, int32_t *failed_errno, size_t max_failed,
+                 size_t *n_failed, int timeout_ms)
+{
+    const size_t cap = 4 << 20, rcap = 1 << 20;
+    uint8_t *buf = malloc(cap), *rbuf = malloc(rcap);
+    long result = 0;
+    int acked = 0;
+    *n_failed = 0;
+    if (buf == NULL || rbuf == NULL) {
+        result = -ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < n;) {
+        /* The last record goes alone, asking for the ack that says all are answered. */
+        size_t count = i == n - 1 ? 1 : (n - 1 - i < per_send ? n - 1 - i : per_send);
+        size_t done;
+        uint32_t opts = options | (i == n - 1 ? DP_CT_ENC_ACK : 0);
+        size_t len = dp_ct_encode(records + i, count, &done, buf, cap, seq0 + (uint32_t)i, opts);
+        if (done == 0) {
+            result = -EMSGSIZE;
+            goto out;
+        }
+        if (send(fd, buf, len, 0) < 0) {
+            if (errno == EINTR)
+                continue;
+            result = -errno;
+            goto out;
+        }
+        i += done;
+        result = collect(fd, rbuf, rcap, seq0, n, failed_index, failed_errno, max_failed, n_failed, &acked, -1);
+        if (result < 0)
+            goto out;
+    }
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    while (!acked) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long spent = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+        if (spent >= timeout_ms) {
+            result = -ETIMEDOUT;
+            goto out;
+        }
+        result = collect(fd, rbuf, rcap, seq0, n, failed_index, failed_errno, max_failed, n_failed, &acked,
+                         (int)(timeout_ms - spent));
+        if (result < 0)
+            goto out;
+    }
+out:
+    free(buf);
+    free(rbuf);
+    return result;
 }
 
 size_t dp_ct_encode_dump(uint8_t *buf, size_t cap, uint32_t seq)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import socket
 import threading
 import time
@@ -40,6 +39,8 @@ EVENT_GROUPS = 0b111
 # Requests per sendmsg in a replay: 1,024 x ~200 bytes stays well inside the send buffer.
 BATCH = 1024
 REQUEST_BUFFER = 8 << 20
+# Failed records whose index a write keeps (the rest are counted only).
+MAX_FAILED = 65536
 # A dump reply or a burst of events is read this much at a time.
 READ_BUFFER = 1 << 20
 # How long a replay waits for the kernel's answer to its last request.
@@ -189,63 +190,43 @@ class ReplayResult:
 
 
 class Writer:
-    """Sends records as requests in batches and matches the errors to them."""
+    """Sends records as requests in batches and matches the errors to them, in one native
+    call per write: nothing returns to Python, whose lock a busy loop holds, until the
+    kernel has answered the last request."""
 
     def __init__(self, sock: socket.socket | None = None, *, liberal: bool = True) -> None:
         self.sock = sock or open_socket()
         self._own = sock is None
+        self.sock.setblocking(True)
         self._options = lib.DP_CT_ENC_CREATE | (lib.DP_CT_ENC_LIBERAL if liberal else 0)
-        self._buffer = ffi.new("uint8_t[]", REQUEST_BUFFER // 2)
-        self._done = ffi.new("size_t *")
-        self._seqs = ffi.new("uint32_t[]", BATCH * 4)
-        self._errnos = ffi.new("int32_t[]", BATCH * 4)
-        self._receive = bytearray(READ_BUFFER)
+        self._failed_index = ffi.new("uint32_t[]", MAX_FAILED)
+        self._failed_errno = ffi.new("int32_t[]", MAX_FAILED)
+        self._n_failed = ffi.new("size_t *")
         self._seq = 1
-        self._acked: set[int] = set()
 
     def close(self) -> None:
         if self._own:
             self.sock.close()
 
-    def _send(self, records: bytes, options: int, failed: dict[int, int]) -> int:
-        """Send records (as many requests as one buffer holds at a time); returns the
-        sequence number after the last. Errors already answered go into `failed`."""
-        view = ffi.from_buffer("struct dp_ct_record[]", records)
-        total = len(records) // RECORD_SIZE
-        start = 0
-        while start < total:
-            count = min(BATCH, total - start)
-            length = lib.dp_ct_encode(view + start, count, self._done, self._buffer, len(self._buffer),
-                                      self._seq, options)
-            sent = self._done[0]
-            if sent == 0:
-                raise ValueError("a record does not fit the request buffer")
-            try:
-                self.sock.send(ffi.buffer(self._buffer, length))
-            except BlockingIOError:
-                self._drain(failed, block=True)
-                continue
-            self._seq += sent
-            start += sent
-            self._drain(failed, block=False)
-        return self._seq
-
-    def _drain(self, failed: dict[int, int], block: bool) -> None:
-        """Read the answers there are: errors into `failed`, acks into `_acked`."""
-        while True:
-            if not block:
-                ready, _, _ = select.select([self.sock], [], [], 0)
-                if not ready:
-                    return
-            got = self.sock.recv_into(self._receive)
-            n = lib.dp_ct_errors(ffi.from_buffer(self._receive), got, self._seqs, self._errnos, len(self._seqs))
-            for i in range(n):
-                seq, err = self._seqs[i], self._errnos[i]
-                if err:
-                    failed[seq] = err
-                else:
-                    self._acked.add(seq)
-            block = False
+    def _write(self, records: bytes, options: int) -> dict[int, int]:
+        """Record index -> errno of the records that failed (at most MAX_FAILED kept; the
+        others count under "unknown")."""
+        n = len(records) // RECORD_SIZE
+        seq0 = self._seq
+        self._seq = (self._seq + n) & 0x7FFFFFFF or 1
+        got = lib.dp_ct_write(self.sock.fileno(), ffi.from_buffer("struct dp_ct_record[]", records), n, options,
+                              seq0, BATCH, self._failed_index, self._failed_errno, MAX_FAILED, self._n_failed,
+                              int(ANSWER_TIMEOUT * 1000))
+        if got == -errno.ETIMEDOUT:
+            raise TimeoutError("the kernel did not answer the last conntrack request")
+        if got < 0:
+            raise OSError(-got, os.strerror(-got))
+        kept = min(self._n_failed[0], MAX_FAILED)
+        failed = {self._failed_index[i]: self._failed_errno[i] for i in range(kept)}
+        if self._n_failed[0] > kept:
+            failed[-1] = 0
+            self.lost = self._n_failed[0] - kept
+        return failed
 
     def write(self, records: bytes) -> ReplayResult:
         """Create (or update) every record's entry; blocks until the kernel answered all."""
@@ -253,47 +234,24 @@ class Writer:
         result = ReplayResult()
         if not records:
             return result
-        failed: dict[int, int] = {}
-        first_seq = self._seq
-        last = records[-RECORD_SIZE:]
-        self._send(records[:-RECORD_SIZE], self._options, failed)
-        final = self._seq
-        self._send(last, self._options | lib.DP_CT_ENC_ACK, failed)
-        self._wait(failed, final)
+        self.lost = 0
+        failed = self._write(records, self._options)
         retry = []
-        for seq, err in sorted(failed.items()):
-            index = seq - first_seq
-            if err in (errno.EOPNOTSUPP, errno.EEXIST) and 0 <= index < len(records) // RECORD_SIZE:
+        for index, err in sorted(failed.items()):
+            if err in (errno.EOPNOTSUPP, errno.EEXIST):
                 retry.append(records[index * RECORD_SIZE:(index + 1) * RECORD_SIZE])
             else:
-                name = errno.errorcode.get(err, str(err))
-                result.errors[name] = result.errors.get(name, 0) + 1
+                name = errno.errorcode.get(err, "unknown") if index >= 0 else "unknown"
+                result.errors[name] = result.errors.get(name, 0) + (1 if index >= 0 else self.lost)
         if retry:
-            again: dict[int, int] = {}
-            joined = b"".join(retry)
-            self._send(joined[:-RECORD_SIZE], self._options & ~lib.DP_CT_ENC_CREATE, again)
-            final = self._seq
-            self._send(joined[-RECORD_SIZE:], (self._options & ~lib.DP_CT_ENC_CREATE) | lib.DP_CT_ENC_ACK, again)
-            self._wait(again, final)
-            for err in again.values():
-                name = errno.errorcode.get(err, str(err))
-                result.errors[name] = result.errors.get(name, 0) + 1
+            again = self._write(b"".join(retry), self._options & ~lib.DP_CT_ENC_CREATE)
+            for index, err in again.items():
+                name = errno.errorcode.get(err, "unknown") if index >= 0 else "unknown"
+                result.errors[name] = result.errors.get(name, 0) + (1 if index >= 0 else self.lost)
             result.updated = len(retry) - len(again)
         result.applied = len(records) // RECORD_SIZE - sum(result.errors.values())
         result.seconds = time.perf_counter() - started
         return result
-
-    def _wait(self, failed: dict[int, int], final: int) -> None:
-        deadline = time.monotonic() + ANSWER_TIMEOUT
-        while True:
-            self._drain(failed, block=False)
-            if final in self._acked or final in failed:
-                self._acked.discard(final)
-                return
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the kernel did not answer the last conntrack request")
-            select.select([self.sock], [], [], left)
 
 
 def replay(records: bytes, *, liberal: bool = True) -> dict:
