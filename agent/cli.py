@@ -224,6 +224,19 @@ def render_conntrack(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def ask(path: str, command: str, payload: dict | None = None) -> dict | int:
+    """The agent's answer, or the exit status to end with (the reason printed)."""
+    try:
+        reply = request(path, command, payload)
+    except (OSError, ValueError) as exc:
+        print(f"agentctl: cannot reach dpagent at {path}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if not reply.get("ok"):
+        print(f"agentctl: {command}: {reply.get('error', 'refused')}", file=sys.stderr)
+        return EXIT_REFUSED
+    return reply
+
+
 def positive_seconds(text: str) -> float:
     value = float(text)
     if not 0.01 <= value <= 3600:
@@ -245,14 +258,9 @@ def watch(path: str, interval: float, *, as_json: bool = False, pretty: bool = F
     in_place = out.isatty() and not as_json
     try:
         while True:
-            try:
-                reply = request(path, "status")
-            except (OSError, ValueError) as exc:
-                print(f"agentctl: cannot reach dpagent at {path}: {exc}", file=sys.stderr)
-                return EXIT_UNREACHABLE
-            if not reply.get("ok"):
-                print(f"agentctl: status: {reply.get('error', 'refused')}", file=sys.stderr)
-                return EXIT_REFUSED
+            reply = ask(path, "status")
+            if isinstance(reply, int):
+                return reply
             if as_json:
                 out.write(json.dumps(reply, indent=2 if pretty else None, sort_keys=True) + "\n")
             else:
@@ -309,14 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         payload = {"force": True}
     elif args.verb == "conntrack":
         payload = {"action": args.action}
-    try:
-        reply = request(args.socket, command, payload)
-    except (OSError, ValueError) as exc:
-        print(f"agentctl: cannot reach dpagent at {args.socket}: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    if not reply.get("ok"):
-        print(f"agentctl: {command}: {reply.get('error', 'refused')}", file=sys.stderr)
-        return EXIT_REFUSED
+    reply = ask(args.socket, command, payload)
+    if isinstance(reply, int):
+        return reply
     if args.verb in ("buckets", "owner"):
         try:
             shown = bucket_table(reply, args.block) if args.verb == "buckets" else flow_owner(

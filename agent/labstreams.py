@@ -6,7 +6,9 @@ Run as `python -m agent.labstreams VERB ...`:
   every UDP datagram comes back (prints "ready" once listening, IPv4 and IPv6);
 - in the client's, `streams SERVER PORT COUNT SECONDS INTERVAL`: COUNT TCP
   connections and one UDP flow, each sending a numbered 8-byte record every
-  INTERVAL and checking that the echo is exactly the stream sent, in order.
+  INTERVAL and checking that the echo is exactly the stream sent, in order. It prints
+  "ready" once connected and "flowing" once every TCP flow has had FLOWING records
+  echoed, so that a test fails a node over only while traffic really runs through it.
   Ends after SECONDS (or at SIGTERM) and prints one JSON document: per flow the
   bytes echoed, resets and errors, corrupt bytes, and the longest gap between
   two echoes (the outage the flow lived through).
@@ -26,6 +28,8 @@ import threading
 import time
 
 RECORD = struct.Struct(">Q")
+# Records every TCP flow has had echoed before the streams say they are flowing.
+FLOWING = 50
 
 
 def _echo_tcp(conn: socket.socket) -> None:
@@ -155,7 +159,11 @@ def streams(server: str, port: int, count: int, seconds: float, interval: float)
         flow.last_echo = started
     next_send = started
     end = started + seconds
+    flowing = False
     while not stop.is_set() and time.monotonic() < end:
+        if not flowing and all(f.echoed >= FLOWING for f in flows if f.name != "udp"):
+            flowing = True
+            print("flowing", flush=True)
         now = time.monotonic()
         if now >= next_send:
             for flow in flows:

@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import statistics
 import subprocess
 import sys
@@ -159,7 +160,10 @@ def outage_case(writer: Path, mode: str, n: int, ct_max: int) -> dict:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"fw2 holds {held} of {n + STREAMS} entries: {json.dumps(now)[:3000]} fw1: {json.dumps(stats(lab, 1))[:3000]}")
             time.sleep(0.05)
-        time.sleep(1.0)  # the streams run through fw1 for a while before it dies
+        # The streams run through fw1 for a while before it dies.
+        ready, _, _ = select.select([client.stdout], [], [], 60)
+        if not ready or client.stdout.readline().strip() != "flowing":
+            raise RuntimeError("the streams never flowed through fw1")
         lab.kill_node(1)
         lab.wait_state(2, "MASTER", timeout=30)
         out, _ = client.communicate(timeout=120)

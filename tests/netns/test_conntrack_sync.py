@@ -7,6 +7,7 @@ The same run without the sync shows the flows stall, so the test proves what it 
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
 import time
@@ -67,6 +68,12 @@ def run_streams(lab: Lab, seconds: float, version: int = 4) -> subprocess.Popen:
     return client
 
 
+def await_flowing(client: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Until every stream has echoed through the master for a while (agent.labstreams)."""
+    ready, _, _ = select.select([client.stdout], [], [], timeout)
+    assert ready and client.stdout.readline().strip() == "flowing", "the streams never flowed"
+
+
 def finish(client: subprocess.Popen) -> dict:
     out, _ = client.communicate(timeout=60)
     return json.loads(out)
@@ -83,7 +90,7 @@ def test_established_flows_survive_the_masters_death(lab: Lab, mode: str, versio
     else:
         wait(lambda: (conntrack_stats(lab, 2).get("counters", {}).get("hot_written", 0)) >= STREAMS + 1, 30,
              "the hot writes")
-    time.sleep(1.0)  # traffic flows through fw1 for a while; the result covers the whole run
+    await_flowing(client)
     lab.kill_node(1)
     lab.wait_state(2, "MASTER", timeout=20)
     flows = finish(client)
@@ -106,7 +113,7 @@ def test_established_flows_survive_the_masters_death(lab: Lab, mode: str, versio
 def test_without_the_sync_the_flows_break(lab: Lab) -> None:
     start_pair(lab, None)
     client = run_streams(lab, seconds=5.0)
-    time.sleep(1.0)
+    await_flowing(client)
     lab.kill_node(1)
     lab.wait_state(2, "MASTER", timeout=20)
     flows = finish(client)
@@ -122,7 +129,7 @@ def test_graceful_handover_keeps_the_flows(lab: Lab) -> None:
     metrics = samples(request(lab.socket_path(2), "metrics")["text"])
     assert metrics[("dpagent_conntrack_peer_in_sync", (("peer", "192.0.2.5"),))] == 1
     assert metrics[("dpagent_conntrack_cache_entries", ())] >= STREAMS + 1
-    time.sleep(1.0)
+    await_flowing(client)
     assert request(lab.socket_path(1), "failover", {})["ok"]
     lab.wait_state(2, "MASTER", timeout=20)
     flows = finish(client)
