@@ -29,12 +29,6 @@ from agent.dataplane.step import StepResult
 DPAGENT_PROTO = 199
 
 
-def _add_batch(result: StepResult, batch: nlbatch.BatchResult) -> None:
-    result.applied += batch.applied
-    for name, labels in batch.failed.items():
-        result.fail(name, labels)
-
-
 class AddressPlane:
     """Blocking netlink work, for one worker thread."""
 
@@ -71,7 +65,7 @@ class AddressPlane:
         if members.v4_routes and lo is not None:
             kind = nlbatch.RTM_NEWROUTE if add else nlbatch.RTM_DELROUTE
             items = [(str(n), nlbatch.local_route(n, DPAGENT_PROTO, lo)) for n in members.v4_routes]
-            _add_batch(result, self._batch.apply(kind, items, stop=stop))
+            self._batch.apply(kind, items, stop=stop).into(result)
         if members.v6_addresses:
             index = self.interface_index(interface)
             if index is None:
@@ -79,7 +73,7 @@ class AddressPlane:
             else:
                 kind = nlbatch.RTM_NEWADDR if add else nlbatch.RTM_DELADDR
                 items = [(str(a), nlbatch.interface_address(a, DPAGENT_PROTO, index)) for a in members.v6_addresses]
-                _add_batch(result, self._batch.apply(kind, items, nlbatch.IPV6_ADDRESSES_PER_SEND, stop))
+                self._batch.apply(kind, items, nlbatch.IPV6_ADDRESSES_PER_SEND, stop).into(result)
         if stop is not None and stop():
             result.problem = "cut short: the block was released meanwhile"
         result.seconds = time.perf_counter() - started
@@ -117,14 +111,14 @@ class AddressPlane:
                 net = ip_network(f"{msg.get('RTA_DST')}/{msg['dst_len']}")
                 oif = msg.get("RTA_OIF") or 0
                 routes.append((str(net), nlbatch.local_route(net, DPAGENT_PROTO, oif)))
-            _add_batch(result, self._batch.apply(nlbatch.RTM_DELROUTE, routes))
+            self._batch.apply(nlbatch.RTM_DELROUTE, routes).into(result)
         addresses = []
         for msg in self._ipr.get_addr():
             if msg.get("IFA_PROTO") != DPAGENT_PROTO:
                 continue
             address = ip_address(msg.get("IFA_ADDRESS"))
             addresses.append((str(address), nlbatch.interface_address(address, DPAGENT_PROTO, msg["index"])))
-        _add_batch(result, self._batch.apply(nlbatch.RTM_DELADDR, addresses, nlbatch.IPV6_ADDRESSES_PER_SEND))
+        self._batch.apply(nlbatch.RTM_DELADDR, addresses, nlbatch.IPV6_ADDRESSES_PER_SEND).into(result)
         result.seconds = time.perf_counter() - started
         return result
 

@@ -19,6 +19,10 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, IPv4Network, IPv6Network
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.dataplane.step import StepResult
 
 NLM_F_REQUEST = 0x001
 NLM_F_CREATE = 0x400
@@ -101,6 +105,12 @@ class BatchResult:
 
     applied: int = 0
     failed: dict[str, list[str]] = field(default_factory=dict)
+
+    def into(self, result: StepResult) -> None:
+        """Count this batch in a step's result."""
+        result.applied += self.applied
+        for name, labels in self.failed.items():
+            result.fail(name, labels)
 
 
 class Batcher:

@@ -47,12 +47,6 @@ def companion_routes(prefixes: Iterable[IPNetwork], addresses: Iterable[IPAddres
     return [*prefixes, *(ip_network(a) for a in addresses)]
 
 
-def _add_batch(result: StepResult, batch: nlbatch.BatchResult) -> None:
-    result.applied += batch.applied
-    for name, labels in batch.failed.items():
-        result.fail(name, labels)
-
-
 class RoutePlane:
     """Blocking netlink work, for the runtime's netlink worker."""
 
@@ -69,7 +63,7 @@ class RoutePlane:
         result = StepResult()
         kind = nlbatch.RTM_NEWROUTE if add else nlbatch.RTM_DELROUTE
         items = [(str(n), nlbatch.table_route(n, DPAGENT_PROTO, ROUTE_TABLE)) for n in routes]
-        _add_batch(result, self._batch.apply(kind, items))
+        self._batch.apply(kind, items).into(result)
         result.seconds = time.perf_counter() - started
         return result
 
@@ -111,7 +105,7 @@ class RoutePlane:
                 net = ip_network(f"{msg.get('RTA_DST') or ('::' if family == socket.AF_INET6 else '0.0.0.0')}"
                                  f"/{msg['dst_len']}")
                 items.append((str(net), nlbatch.table_route(net, DPAGENT_PROTO, ROUTE_TABLE, msg["type"])))
-        _add_batch(result, self._batch.apply(nlbatch.RTM_DELROUTE, items))
+        self._batch.apply(nlbatch.RTM_DELROUTE, items).into(result)
         result.seconds = time.perf_counter() - started
         return result
 
